@@ -1,0 +1,228 @@
+"""Plain typed records: the data model every layer shares.
+
+Records are frozen dataclasses. The persistence layer stores and returns them,
+drivers receive them, and the live resources (:mod:`aiocinder.resources`) wrap
+them. A change is a new record made with :func:`dataclasses.replace`.
+
+``version`` is the compare-and-swap counter: ``0`` means "never stored"; the
+store sets it to 1 on insert and adds one on every update.
+
+This module imports nothing else of aiocinder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Self
+
+__all__ = [
+    "CONNECTION_STATUSES",
+    "SNAPSHOT_STATUSES",
+    "VOLUME_STATUSES",
+    "ConnectionRecord",
+    "KeyValue",
+    "SnapshotRecord",
+    "VolumeRecord",
+    "utcnow",
+]
+
+#: Statuses a volume can have (Cinder's vocabulary).
+VOLUME_STATUSES: Final = frozenset(
+    {
+        "creating",
+        "available",
+        "in-use",
+        "attaching",
+        "detaching",
+        "extending",
+        "deleting",
+        "deleted",
+        "error",
+        "error_deleting",
+        "error_extending",
+    }
+)
+#: Statuses a snapshot can have.
+SNAPSHOT_STATUSES: Final = frozenset(
+    {"creating", "available", "deleting", "deleted", "error", "error_deleting"}
+)
+#: Statuses a connection can have. ``attached`` means exported and mapped to the host.
+CONNECTION_STATUSES: Final = frozenset(
+    {"attaching", "attached", "detaching", "detached", "error_attaching", "error_detaching"}
+)
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def _dt_out(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _dt_in(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+_DATETIME_FIELDS: Final = frozenset({"created_at", "updated_at"})
+
+
+class _Record:
+    """Shared dict conversion for the record dataclasses."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: datetimes become ISO 8601 strings, mappings plain dicts."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if f.name in _DATETIME_FIELDS:
+                value = _dt_out(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Build a record from :meth:`to_dict` output. Unknown keys are ignored."""
+        names = cls._field_names()
+        kwargs = {k: v for k, v in data.items() if k in names}
+        for name in _DATETIME_FIELDS & kwargs.keys():
+            kwargs[name] = _dt_in(kwargs[name])
+        return cls(**kwargs)
+
+    @classmethod
+    def _field_names(cls) -> frozenset[str]:
+        cached: frozenset[str] | None = cls.__dict__.get("_names_cache")
+        if cached is None:
+            cached = frozenset(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+            type.__setattr__(cls, "_names_cache", cached)
+        return cached
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with ``changes`` applied (:func:`dataclasses.replace`)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VolumeRecord(_Record):
+    """One volume, as stored."""
+
+    id: str
+    backend_name: str
+    size: int
+    status: str = "creating"
+    name: str | None = None
+    description: str | None = None
+    host: str | None = None
+    availability_zone: str | None = None
+    volume_type_name: str | None = None
+    extra_specs: Mapping[str, str] = field(default_factory=dict)
+    qos_specs: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    admin_metadata: Mapping[str, str] = field(default_factory=dict)
+    provider_location: str | None = None
+    provider_auth: str | None = None
+    provider_id: str | None = None
+    source_volid: str | None = None
+    snapshot_id: str | None = None
+    project_id: str | None = None
+    user_id: str | None = None
+    bootable: bool = False
+    multiattach: bool = False
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime | None = None
+    version: int = 0
+
+    @property
+    def storage_name(self) -> str:
+        """The name on the storage: derived from the id, never from the user's name."""
+        return f"volume-{self.id}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotRecord(_Record):
+    """One snapshot, as stored."""
+
+    id: str
+    volume_id: str
+    backend_name: str
+    volume_size: int
+    status: str = "creating"
+    name: str | None = None
+    description: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    provider_location: str | None = None
+    provider_auth: str | None = None
+    provider_id: str | None = None
+    project_id: str | None = None
+    user_id: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime | None = None
+    version: int = 0
+
+    @property
+    def storage_name(self) -> str:
+        """The name on the storage: derived from the id."""
+        return f"snapshot-{self.id}"
+
+    @property
+    def volume_storage_name(self) -> str:
+        """The storage name of the snapshot's source volume."""
+        return f"volume-{self.volume_id}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionRecord(_Record):
+    """One connection: a volume exported and mapped to a host (an attachment).
+
+    ``connector_info`` is the host's os-brick connector properties,
+    ``conn_info`` what the driver's ``initialize_connection`` answered, and
+    ``device`` what os-brick's ``connect_volume`` returned on the host.
+    """
+
+    id: str
+    volume_id: str
+    backend_name: str
+    status: str = "attaching"
+    connector_info: Mapping[str, Any] = field(default_factory=dict)
+    conn_info: Mapping[str, Any] = field(default_factory=dict)
+    device: Mapping[str, Any] | None = None
+    attach_mode: str = "rw"
+    instance_uuid: str | None = None
+    project_id: str | None = None
+    user_id: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime | None = None
+    version: int = 0
+
+    @property
+    def protocol(self) -> str | None:
+        """The transport protocol (``driver_volume_type``): ``iscsi``, ``local``..."""
+        value = self.conn_info.get("driver_volume_type")
+        return None if value is None else str(value)
+
+    @property
+    def path(self) -> str | None:
+        """The local path of the attached device, if attached on this host."""
+        if not self.device:
+            return None
+        value = self.device.get("path")
+        return None if value is None else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    """One entry of the key-value store (for example a node's connector properties)."""
+
+    key: str
+    value: str | None = None
