@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar, TypeVarTuple, Unpack
+from typing import TypeVar, TypeVarTuple
 
 import anyio
 import anyio.to_thread
@@ -39,7 +39,7 @@ class DriverRunner:
     def __init__(self, max_workers: int) -> None:
         self._limiter = anyio.CapacityLimiter(max_workers)
 
-    async def run(self, func: Callable[[Unpack[Ts]], T], *args: Unpack[Ts]) -> T:
+    async def run(self, func: Callable[[*Ts], T], *args: *Ts) -> T:
         """Call ``func(*args)`` in a worker thread and return its result."""
         return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
 
