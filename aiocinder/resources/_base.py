@@ -210,7 +210,7 @@ class Resource(Generic[R]):
         again; with ``allowed``, the reloaded status must still be one of
         those or :attr:`_invalid` is raised.
         """
-        store = runtime.store(f"{type(self).__name__} bookkeeping")
+        store = runtime.bookkeeping_store()
         for _ in range(_CONFLICT_RETRIES):
             try:
                 self._record = await self._write(store, self._record.replace(**changes))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import socket
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["Options", "Runtime", "runtime"]
 
 T = TypeVar("T")
+
+_log = logging.getLogger("aiocinder")
 
 
 class State(enum.Enum):
@@ -75,6 +78,12 @@ class Runtime:
             raise UsageError(self._not_ready(caller))
         return self._store
 
+    def bookkeeping_store(self) -> PersistenceStore:
+        """The store for operations already in flight (also while shutdown waits)."""
+        if self._store is None:
+            raise UsageError("aiocinder is not set up")
+        return self._store
+
     def check(self, caller: str, generation: int) -> None:
         """Refuse objects from before the last ``shutdown()``."""
         if self.state is not State.READY:
@@ -113,7 +122,11 @@ class Runtime:
         if group is not None:
             group.add(task)
             task.add_done_callback(group.discard)
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_log_orphan_failure)
+            raise
 
     def _operation_done(self, task: asyncio.Task[Any]) -> None:
         self._operations.discard(task)
@@ -136,6 +149,12 @@ class Runtime:
 
     def stopped(self) -> None:
         self.state = State.IDLE
+
+
+def _log_orphan_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        _log.warning("an operation whose caller was cancelled failed: %s", exc,
+                     exc_info=exc)
 
 
 #: The process-wide runtime.

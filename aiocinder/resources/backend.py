@@ -115,7 +115,7 @@ class Backend:
     ``check_for_setup_error`` and reads its stats, all in a worker thread, then
     registers the backend in :attr:`backends`. Awaiting a backend whose name
     is registered returns the registered object when every option compares
-    equal; with other options it raises :class:`BackendConflict`.
+    equal; with other options it raises :class:`BackendConfigConflict`.
 
     :param volume_backend_name: the backend's name, unique in the process.
     :param volume_driver: the driver class, or its import path.

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["Connection"]
 
 #: Statuses from which a connection may be disconnected.
-DISCONNECTABLE = frozenset({"attached", "detached", "error_attaching", "error_detaching"})
+DISCONNECTABLE = frozenset({"attached", "error_attaching", "error_detaching"})
 
 
 class Connection(Resource[ConnectionRecord]):
@@ -125,7 +125,7 @@ class Connection(Resource[ConnectionRecord]):
 
     async def _connect(self, backend: Backend, driver: VolumeDriver, volume: Volume) -> None:
         """Store as ``attaching``, export and map, store the result (an operation body)."""
-        store = runtime.store("Volume.connect()")
+        store = runtime.bookkeeping_store()
         connector = self._record.connector_info
         self._record = await store.set_connection(self._record)
         volume._cache_add(volume._connections, self)
@@ -144,8 +144,10 @@ class Connection(Resource[ConnectionRecord]):
             ) from exc
         conn_info = copy.deepcopy(dict(conn_info))
         data = conn_info.setdefault("data", {})
-        data.setdefault("access_mode", self._record.attach_mode)
-        self._record = self._record.replace(attach_mode=data["access_mode"])
+        # read-only when either the caller or the driver says so; both fields agree
+        mode = "ro" if "ro" in (self._record.attach_mode, data.get("access_mode")) else "rw"
+        data["access_mode"] = mode
+        self._record = self._record.replace(attach_mode=mode)
         await self._persist(status="attached", conn_info=conn_info)
         await volume._persist(status="in-use", **volume_changes)
 

@@ -104,7 +104,7 @@ class Snapshot(Resource[SnapshotRecord]):
 
     async def _create(self, driver: VolumeDriver) -> None:
         """Store as ``creating``, run the driver, store the result (an operation body)."""
-        store = runtime.store("Snapshot create")
+        store = runtime.bookkeeping_store()
         backend = self.backend
         volume = self._volume_cache()
         self._record = await store.set_snapshot(self._record)

@@ -205,7 +205,7 @@ class Volume(Resource[VolumeRecord]):
         self, call: Callable[..., ModelUpdate | None], *sources: VolumeRecord | SnapshotRecord
     ) -> None:
         """Store as ``creating``, run the driver, store the result (an operation body)."""
-        store = runtime.store("Volume create")
+        store = runtime.bookkeeping_store()
         backend = self.backend
         self._record = await store.set_volume(self._record)
         backend._volume_added(self)
