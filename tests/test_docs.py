@@ -81,11 +81,27 @@ def parse_examples(page: Path) -> list[Example]:
     return examples
 
 
+def parse_markdown_examples(page: Path) -> list[Example]:
+    """The fenced ```python blocks of a Markdown page (the README), in order."""
+    examples: list[Example] = []
+    lines = page.read_text(encoding="utf-8").splitlines()
+    start: int | None = None
+    for number, line in enumerate(lines, 1):
+        if start is None and line.strip() == "```python":
+            start = number
+        elif start is not None and line.strip() == "```":
+            code = "\n".join(lines[start:number - 1]) + "\n"
+            examples.append(Example(page.name, len(examples) + 1, start, code))
+            start = None
+    return examples
+
+
 def _pages() -> list[Path]:
     return sorted(DOCS.glob("*.rst"))
 
 
 ALL_EXAMPLES = [example for page in _pages() for example in parse_examples(page)]
+ALL_EXAMPLES += parse_markdown_examples(ROOT / "README.md")
 
 
 def test_parser_reads_blocks(tmp_path: Path) -> None:
@@ -117,6 +133,10 @@ def test_parser_reads_blocks(tmp_path: Path) -> None:
     found = parse_examples(path)
     assert [e.code for e in found] == ['print("a")\n\nprint("b")\n', "x = 1\n"]
     assert [e.line for e in found] == [4, 14]
+
+
+def test_readme_has_its_example() -> None:
+    assert parse_markdown_examples(ROOT / "README.md"), "README.md lost its example"
 
 
 @pytest.mark.parametrize("page", PAGES_WITH_EXAMPLES)
@@ -172,7 +192,6 @@ def test_example_runs(example: Example, tmp_path: Path) -> None:
 
 @pytest.mark.timeout(BUILD_TIMEOUT + 30)
 def test_docs_build(tmp_path: Path) -> None:
-    pytest.importorskip("sphinx")
     result = subprocess.run(
         [
             sys.executable,

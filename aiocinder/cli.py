@@ -1,0 +1,125 @@
+"""The ``aiocinder`` command.
+
+``aiocinder demo`` runs the whole resource model on the embedded default (a
+SQLite file and a FileDriver directory it creates) and prints the tracking
+scan; ``aiocinder list`` prints the same scan for any store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from ._setup import setup, shutdown
+from .exceptions import AiocinderError
+from .resources.backend import Backend
+from .resources.volume import Volume, load_volume
+
+__all__ = ["main"]
+
+DEMO_BACKEND = "demo"
+
+
+async def print_scan(volumes: Sequence[Volume]) -> tuple[int, int, int]:
+    """Print the resource-tracking scan of ``volumes``; return the numbers of
+    volumes, snapshots and connections seen."""
+    snapshots = connections = 0
+    for vol in volumes:
+        print(f"volume {vol.id}  {vol.name or '-':<14} {vol.size:>3} GiB  {vol.status:<10} "
+              f"backend={vol.backend_name}")
+        for snap in await vol.snapshots():
+            snapshots += 1
+            print(f"  snapshot   {snap.id}  {snap.name or '-':<14} {snap.status} "
+                  f"(of {(await snap.volume()).id[:8]})")
+        for conn in await vol.connections():
+            connections += 1
+            info = conn.connector_info
+            device = conn.path or conn.conn_info.get("data", {}).get("device_path", "-")
+            print(f"  connection {conn.id}  host={info.get('host', '-')} "
+                  f"ip={info.get('ip', '-')} {conn.protocol} {conn.status} -> {device}")
+    return len(volumes), snapshots, connections
+
+
+async def demo(directory: Path) -> None:
+    """Create volumes, snapshots, a clone and a connection in ``directory`` (an
+    absolute path), then scan."""
+    db = directory / "aiocinder.sqlite"
+    volumes_dir = directory / "volumes"
+    await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+    await setup({"storage": "sqlite", "connection": f"sqlite:///{db}"})
+    try:
+        backend = await Backend(
+            DEMO_BACKEND,
+            volume_driver="aiocinder.drivers.file.FileDriver",
+            volumes_dir=str(volumes_dir),
+        )
+        print(f"backend {backend.name!r}: pools {', '.join(backend.pool_names)}")
+        disk = await backend.create_volume(size=1, name="disk", metadata={"made-by": "demo"})
+        print(f"created {disk.name} ({disk.id}), {disk.size} GiB, {disk.status}")
+        await disk.extend(2)
+        print(f"extended {disk.name} to {disk.size} GiB")
+        snap = await disk.create_snapshot(name="disk-snap")
+        print(f"snapshotted {disk.name} as {snap.name}")
+        clone = await disk.clone(name="disk-clone")
+        print(f"cloned {disk.name} as {clone.name}")
+        restored = await snap.create_volume(name="disk-restored")
+        print(f"created {restored.name} from {snap.name}")
+        conn = await disk.connect({"host": "demo-node", "ip": "127.0.0.1", "multipath": False})
+        print(f"connected {disk.name} to demo-node over {conn.protocol}: "
+              f"{conn.conn_info['data']['device_path']}")
+        print("\nTracking scan of every volume in the store:")
+        await backend.refresh()
+        counts = await print_scan(await backend.volumes())
+        print(f"\n{counts[0]} volumes, {counts[1]} snapshots, {counts[2]} connections")
+        print(f"metadata: {db}\nvolume files: {volumes_dir}")
+        print("run `aiocinder demo` again to add more; `aiocinder list "
+              f"--connection sqlite:///{db}` to scan without changing anything")
+    finally:
+        await shutdown()
+
+
+async def list_store(connection: str) -> None:
+    """Print the tracking scan of every volume in a store."""
+    storage = "postgresql" if connection.startswith("postgres") else "sqlite"
+    await setup({"storage": storage, "connection": connection}, fail_on_missing_backend=False)
+    try:
+        store = Backend.persistence
+        assert store is not None
+        counts = await print_scan([load_volume(r) for r in await store.get_volumes()])
+        print(f"{counts[0]} volumes, {counts[1]} snapshots, {counts[2]} connections")
+    finally:
+        await shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; return its exit status."""
+    parser = argparse.ArgumentParser(prog="aiocinder", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"aiocinder {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo_cmd = commands.add_parser(
+        "demo", help="run volumes, snapshots, a clone and a connection on SQLite + files"
+    )
+    demo_cmd.add_argument("--dir", type=Path, default=Path("aiocinder-demo"),
+                          help="where the SQLite file and volume files go "
+                               "(default: ./aiocinder-demo)")
+    list_cmd = commands.add_parser("list", help="print the tracking scan of a store")
+    list_cmd.add_argument("--connection", required=True,
+                          help="sqlite:///path.db or a postgresql:// DSN")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            asyncio.run(demo(args.dir.absolute()))
+        else:
+            asyncio.run(list_store(args.connection))
+    except AiocinderError as exc:
+        print(f"aiocinder: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
