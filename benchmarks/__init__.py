@@ -1,0 +1,1 @@
+"""aiocinder's benchmarks: ``python -m benchmarks`` (or ``nox -s bench``)."""

@@ -1,0 +1,31 @@
+"""Run the benchmarks and print their tables.
+
+Usage: ``python -m benchmarks [--sizes 1000 10000] [--json results.json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+from . import tracking
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000],
+                        help="numbers of volumes to scan (default: 1000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure; best kept")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    rows = []
+    for n in args.sizes:
+        rows += tracking.report(n, asyncio.run(tracking.run(n, args.repeat)))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
