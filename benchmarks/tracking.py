@@ -87,7 +87,7 @@ def floor(db: Path) -> int:
     with sqlite3.connect(db) as conn:
         rows = 0
         for table in ("volumes", "snapshots", "connections"):
-            cursor = conn.execute(f"SELECT data, version FROM {table}")  # noqa: S608
+            cursor = conn.execute(f"SELECT data, version FROM {table}")
             records = [json.loads(data) | {"version": v} for data, v in cursor]
             rows += len(records)
     return rows
