@@ -1,0 +1,45 @@
+"""Fixtures for the persistence tests: one fresh, opened store per test.
+
+To run the contract suite against another store, add its factory to
+``STORE_FACTORIES``: an async context manager that yields the opened store
+and closes it afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from aiocinder.persistence.base import PersistenceStore
+from aiocinder.persistence.memory import MemoryStore
+from aiocinder.persistence.sqlite import SQLiteStore
+
+
+@asynccontextmanager
+async def memory_store(tmp_path: Path) -> AsyncIterator[PersistenceStore]:
+    async with MemoryStore() as store:
+        yield store
+
+
+@asynccontextmanager
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[PersistenceStore]:
+    async with SQLiteStore(f"sqlite:///{tmp_path / 'contract.sqlite'}") as store:
+        yield store
+
+
+#: Store factories by test id; each gets the test's ``tmp_path``.
+STORE_FACTORIES: dict[str, Callable[[Path], AbstractAsyncContextManager[PersistenceStore]]] = {
+    "memory": memory_store,
+    "sqlite": sqlite_store,
+}
+
+
+@pytest_asyncio.fixture(params=[pytest.param(name, id=name) for name in STORE_FACTORIES])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[PersistenceStore]:
+    """A new, opened store of each kind; closed after the test."""
+    async with STORE_FACTORIES[request.param](tmp_path) as opened:
+        yield opened
