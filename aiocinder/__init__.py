@@ -31,6 +31,9 @@ from .resources import Connection as Connection
 from .resources import Snapshot as Snapshot
 from .resources import Volume as Volume
 from .resources import VolumeType as VolumeType
+from .serialization import dump as dump
+from .serialization import dumps as dumps
+from .serialization import load as load
 
 __version__ = "0.1.0"
 
@@ -60,6 +63,9 @@ __all__ = [
     "Volume",
     "VolumeNotFound",
     "VolumeType",
+    "dump",
+    "dumps",
+    "load",
     "setup",
     "shutdown",
 ]

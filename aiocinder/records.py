@@ -74,6 +74,56 @@ def _dt_in(value: Any) -> datetime | None:
 _DATETIME_FIELDS: Final = frozenset({"created_at", "updated_at"})
 
 
+def _check_json(where: str, value: Any, depth: int = 0) -> None:
+    """Strings without NUL, finite numbers, str keys, bounded nesting."""
+    if depth > 32:
+        raise ValueError(f"{where} is nested too deeply")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{where} holds a NUL character")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where} has a key that is not a string: {key!r}")
+            _check_json(where, key, depth + 1)
+            _check_json(where, item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(where, item, depth + 1)
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{where} holds a non-finite number")
+    elif value is not None and not isinstance(value, bool | int):
+        raise ValueError(f"{where} holds a {type(value).__name__}, not JSON data")
+
+
+def _parse_value(where: str, kind: str, value: Any) -> Any:
+    """Check ``value`` against a field's annotation (as written in this module)."""
+    if kind.endswith(" | None"):
+        if value is None:
+            return None
+        kind = kind[: -len(" | None")]
+    if kind == "datetime":
+        if not isinstance(value, str):
+            raise ValueError(f"{where} must be an ISO 8601 string")
+        try:
+            return _dt_in(value)
+        except ValueError:
+            raise ValueError(f"{where} is not an ISO 8601 date: {value!r}") from None
+    expected: type | tuple[type, ...] = {
+        "str": str, "int": int, "bool": bool,
+        "Mapping[str, str]": Mapping, "Mapping[str, Any]": Mapping,
+    }[kind]
+    if not isinstance(value, expected) or (kind == "int" and isinstance(value, bool)):
+        raise ValueError(f"{where} must be {kind}, got {type(value).__name__}")
+    _check_json(where, value)
+    if isinstance(value, Mapping):
+        if kind == "Mapping[str, str]" and not all(isinstance(v, str) for v in value.values()):
+            raise ValueError(f"{where} values must be strings")
+        return dict(value)
+    return value
+
+
 class _Record:
     """Shared dict conversion for the record dataclasses."""
 
@@ -107,6 +157,32 @@ class _Record:
             cached = frozenset(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
             type.__setattr__(cls, "_names_cache", cached)
         return cached
+
+    @classmethod
+    def parse(cls, data: object) -> Self:
+        """Build a record from untrusted data (:meth:`to_dict` output), strictly.
+
+        Every key must be a field, every field without a default must be
+        there, and every value must have the field's type (datetimes as ISO
+        8601 strings). Strings must not hold NUL characters.
+
+        :raises ValueError: the data is not a valid record; nothing is built.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{cls.__name__} data must be an object, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = data.keys() - fields.keys()
+        if unknown:
+            names = ", ".join(sorted(map(str, unknown)))
+            raise ValueError(f"unknown {cls.__name__} fields: {names}")
+        kwargs: dict[str, Any] = {}
+        for name, f in fields.items():
+            if name not in data:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    raise ValueError(f"{cls.__name__} field {name!r} is missing")
+                continue
+            kwargs[name] = _parse_value(f"{cls.__name__}.{name}", str(f.type), data[name])
+        return cls(**kwargs)
 
     def replace(self, **changes: Any) -> Self:
         """A copy with ``changes`` applied (:func:`dataclasses.replace`)."""

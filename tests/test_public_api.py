@@ -11,6 +11,8 @@ import aiocinder
 DOCUMENTED = {
     # lifecycle
     "setup", "shutdown",
+    # serialization
+    "dump", "dumps", "load",
     # resources
     "Backend", "BackendStatistics", "Volume", "VolumeType", "Snapshot", "Connection",
     "KeyValue",

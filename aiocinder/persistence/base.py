@@ -23,18 +23,20 @@ from __future__ import annotations
 
 import abc
 import importlib
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from importlib.metadata import entry_points
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
-from ..exceptions import InvalidArgument
+from ..exceptions import AlreadyExists, ConflictError, InvalidArgument, NotFound
 from ..records import ConnectionRecord, KeyValue, SnapshotRecord, VolumeRecord
 
 __all__ = ["PersistenceStore", "create_store"]
 
 #: Entry point group where third parties register their stores.
 ENTRY_POINT_GROUP = "aiocinder.persistence"
+
+_PUT_RETRIES = 10
 
 _BUILTIN: dict[str, str] = {
     "memory": "aiocinder.persistence.memory:MemoryStore",
@@ -175,8 +177,40 @@ class PersistenceStore(abc.ABC):
     async def delete_key_value(self, key: str) -> None:
         """Delete an entry. Deleting a missing key is not an error."""
 
+    # -- whole-record writes (load, copy, import) -----------------------------
+
+    async def put_volume(self, record: VolumeRecord) -> VolumeRecord:
+        """Store ``record`` as it is, inserting it or replacing what has its id."""
+        return await _put(record, self.get_volumes, self.set_volume, "volume_id")
+
+    async def put_snapshot(self, record: SnapshotRecord) -> SnapshotRecord:
+        """Store ``record`` as it is, inserting it or replacing what has its id."""
+        return await _put(record, self.get_snapshots, self.set_snapshot, "snapshot_id")
+
+    async def put_connection(self, record: ConnectionRecord) -> ConnectionRecord:
+        """Store ``record`` as it is, inserting it or replacing what has its id."""
+        return await _put(record, self.get_connections, self.set_connection, "connection_id")
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
+
+
+R = TypeVar("R", VolumeRecord, SnapshotRecord, ConnectionRecord)
+
+
+async def _put(
+    record: R,
+    get: Callable[..., Awaitable[list[R]]],
+    set_: Callable[[R], Awaitable[R]],
+    key: str,
+) -> R:
+    for _ in range(_PUT_RETRIES):
+        stored = await get(**{key: record.id})
+        try:
+            return await set_(record.replace(version=stored[0].version if stored else 0))
+        except (ConflictError, AlreadyExists, NotFound):
+            continue  # changed, created or deleted meanwhile: look again
+    raise ConflictError(f"{record.id} kept changing while being stored")
 
 
 def _load_class(storage: str) -> type[PersistenceStore]:

@@ -266,22 +266,40 @@ class Resource(Generic[R]):
 
     # -- serialization --
 
+    #: Lazy list properties serialized with the resource (when loaded).
+    _serialized_lists: ClassVar[tuple[str, ...]] = ()
+
     def to_dict(self) -> dict[str, Any]:
-        """The record as a JSON-ready dict (with unsaved edits), plus ``"class"``."""
-        data = self._record.replace(**self._dirty).to_dict() if self._dirty else (
-            self._record.to_dict()
-        )
-        return {"class": type(self).__name__, **data}
+        """The resource as JSON-ready data: ``"class"``, the record's fields (with
+        unsaved edits) and, for a volume, its snapshots and connections if loaded."""
+        record = self._record.replace(**self._dirty) if self._dirty else self._record
+        data = {"class": type(self).__name__, **record.to_dict()}
+        for name in self._serialized_lists:
+            cached = getattr(self, f"_{name}").peek()
+            if isinstance(cached, list):
+                data[name] = [item.to_dict() for item in cached]
+        return data
 
     @property
     def json(self) -> dict[str, Any]:
-        """Same as :meth:`to_dict`: the resource as JSON-ready data."""
+        """Same as :meth:`to_dict`."""
         return self.to_dict()
 
     @property
     def jsons(self) -> str:
         """:attr:`json` as a JSON string."""
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+    async def dump(self) -> dict[str, Any]:
+        """Load the lazy properties that are serialized, then :meth:`to_dict`."""
+        for name in self._serialized_lists:
+            for item in await getattr(self, name)():
+                await item.dump()
+        return self.to_dict()
+
+    async def dumps(self) -> str:
+        """:meth:`dump` as a JSON string."""
+        return json.dumps(await self.dump(), ensure_ascii=False, separators=(",", ":"))
 
 
 class Field(Generic[T]):

@@ -6,6 +6,7 @@ import asyncio
 import copy
 import enum
 import importlib
+import json
 from collections.abc import Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -77,6 +78,20 @@ def _normalise_stats(stats: Mapping[str, Any], name: str) -> dict[str, Any]:
         pool["pool_name"] = name
         out["pools"] = [pool]
     return out
+
+
+def _jsonable(value: Any) -> Any:
+    """A driver option as JSON can hold it (classes as their import path)."""
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): ("***" if is_secret(str(k)) else _jsonable(v))
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return repr(value)
 
 
 def _load_driver_class(volume_driver: str | type[Any]) -> type[Any]:
@@ -308,6 +323,43 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<Backend {self._name!r} {self._state.value}>"
+
+    # -- serialization -----------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The backend as JSON-ready data: its name and, when loaded, its volumes.
+
+        With ``setup(output_all_backend_info=True)`` the driver options come
+        too, secrets masked as ``"***"`` (they are never serialized).
+        """
+        data: dict[str, Any] = {"class": "Backend", "volume_backend_name": self._name}
+        if runtime.options.output_all_backend_info:
+            data["config"] = {k: ("***" if is_secret(k) else _jsonable(v))
+                              for k, v in self._config.items()}
+        cached = self._volumes.peek()
+        if isinstance(cached, list):
+            data["volumes"] = [vol.to_dict() for vol in cached]
+        return data
+
+    @property
+    def json(self) -> dict[str, Any]:
+        """Same as :meth:`to_dict`."""
+        return self.to_dict()
+
+    @property
+    def jsons(self) -> str:
+        """:attr:`json` as a JSON string."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+    async def dump(self) -> dict[str, Any]:
+        """Load the volumes with their snapshots and connections, then :meth:`to_dict`."""
+        for vol in await self.volumes():
+            await vol.dump()
+        return self.to_dict()
+
+    async def dumps(self) -> str:
+        """:meth:`dump` as a JSON string."""
+        return json.dumps(await self.dump(), ensure_ascii=False, separators=(",", ":"))
 
     # -- calls the resources make -------------------------------------------
 

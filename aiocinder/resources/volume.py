@@ -85,6 +85,7 @@ class Volume(Resource[VolumeRecord]):
     _kind = "volume"
     _not_found = VolumeNotFound
     _invalid = InvalidVolume
+    _serialized_lists = ("snapshots", "connections")
 
     name = Editable[str | None]("The user's name for the volume (not unique).")
     description = Editable[str | None]("Free text.")
