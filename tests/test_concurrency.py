@@ -178,3 +178,25 @@ async def test_async_with_stops_and_unregisters(
     assert "scoped" not in aiocinder.Backend.backends
     with pytest.raises(aiocinder.BackendNotInitialised):
         await vol.extend(2)
+
+
+async def test_shutdown_waits_for_a_backend_still_starting(db_url: str, tmp_path: Path) -> None:
+    await aiocinder.setup({"storage": "sqlite", "connection": db_url})
+    gate = threading.Event()
+
+    class SlowSetup(ScriptedFileDriver):
+        def do_setup(self) -> None:
+            gate.wait(10)
+            super().do_setup()
+
+    starting = asyncio.ensure_future(
+        aiocinder.Backend("late", volume_driver=SlowSetup, volumes_dir=str(tmp_path / "v"))
+    )
+    await asyncio.sleep(0.05)
+    closing = asyncio.ensure_future(aiocinder.shutdown())
+    await asyncio.sleep(0.05)
+    assert not closing.done()
+    gate.set()
+    await closing
+    await starting
+    assert aiocinder.Backend.backends == {}, "nothing registered after shutdown"

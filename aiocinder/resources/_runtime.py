@@ -134,9 +134,9 @@ class Runtime:
             task.exception()  # its caller may be gone; the error is in the record
 
     async def drain(self) -> None:
-        """Wait until every operation in flight has finished."""
-        while self._operations:
-            await asyncio.wait(set(self._operations))
+        """Wait until every operation and backend start in flight has finished."""
+        while self._operations or self.starting:
+            await asyncio.wait({*self._operations, *self.starting.values()})
 
     async def stop(self) -> PersistenceStore | None:
         """Enter CLOSING, wait for operations, and hand back the store to close."""
