@@ -107,6 +107,22 @@ class CountingSQLiteStore(SQLiteStore):
         self.reads["get_connections"] += 1
         return await super().get_connections(*args, **kwargs)
 
+    async def get_volumes_by_ids(self, *args: Any, **kwargs: Any) -> Any:
+        self.reads["get_volumes_by_ids"] += 1
+        return await super().get_volumes_by_ids(*args, **kwargs)
+
+    async def get_snapshots_by_volume_ids(self, *args: Any, **kwargs: Any) -> Any:
+        self.reads["get_snapshots_by_volume_ids"] += 1
+        return await super().get_snapshots_by_volume_ids(*args, **kwargs)
+
+    async def get_connections_by_volume_ids(self, *args: Any, **kwargs: Any) -> Any:
+        self.reads["get_connections_by_volume_ids"] += 1
+        return await super().get_connections_by_volume_ids(*args, **kwargs)
+
+    def iter_volumes(self, *args: Any, **kwargs: Any) -> Any:
+        self.reads["iter_volumes"] += 1
+        return super().iter_volumes(*args, **kwargs)
+
 
 @dataclass
 class LagMonitor:

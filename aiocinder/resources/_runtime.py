@@ -13,12 +13,14 @@ import asyncio
 import enum
 import logging
 import socket
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..exceptions import UsageError
 from ..persistence.base import PersistenceStore
+from ..records import ConnectionRecord, SnapshotRecord, VolumeRecord
+from ._batch import Coalescer
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["Options", "Runtime", "runtime"]
 
 T = TypeVar("T")
+R = TypeVar("R", SnapshotRecord, ConnectionRecord)
 
 _log = logging.getLogger("aiocinder")
 
@@ -60,6 +63,8 @@ class Runtime:
         self.generation = 0
         self.options = Options()
         self._store: PersistenceStore | None = None
+        #: Coalescing loaders over the active store (set by :meth:`start`).
+        self.loaders: Loaders
         self._operations: set[asyncio.Task[Any]] = set()
         #: Initialised backends by name; ``Backend.backends`` is this very dict.
         self.backends: dict[str, Backend] = {}
@@ -103,6 +108,7 @@ class Runtime:
 
     def start(self, store: PersistenceStore, options: Options) -> None:
         self._store = store
+        self.loaders = Loaders(store)
         self.options = options
         self.generation += 1
         self.state = State.READY
@@ -149,6 +155,43 @@ class Runtime:
 
     def stopped(self) -> None:
         self.state = State.IDLE
+
+
+def group_by_volume(records: Iterable[R]) -> dict[str, list[R]]:
+    """Records grouped by their ``volume_id``, in their order."""
+    groups: dict[str, list[R]] = {}
+    for record in records:
+        groups.setdefault(record.volume_id, []).append(record)
+    return groups
+
+
+class Loaders:
+    """Coalescing loaders over one store: concurrent lazy loads share queries."""
+
+    def __init__(self, store: PersistenceStore) -> None:
+        self.volume = Coalescer[str, VolumeRecord | None](
+            self._volumes, self._volume, lambda: None
+        )
+        self.snapshots = Coalescer[str, list[SnapshotRecord]](
+            self._snapshots, lambda vid: store.get_snapshots(volume_id=vid), list
+        )
+        self.connections = Coalescer[str, list[ConnectionRecord]](
+            self._connections, lambda vid: store.get_connections(volume_id=vid), list
+        )
+        self._store = store
+
+    async def _volume(self, volume_id: str) -> VolumeRecord | None:
+        records = await self._store.get_volumes(volume_id=volume_id)
+        return records[0] if records else None
+
+    async def _volumes(self, ids: Sequence[str]) -> dict[str, VolumeRecord | None]:
+        return {r.id: r for r in await self._store.get_volumes_by_ids(ids)}
+
+    async def _snapshots(self, ids: Sequence[str]) -> dict[str, list[SnapshotRecord]]:
+        return group_by_volume(await self._store.get_snapshots_by_volume_ids(ids))
+
+    async def _connections(self, ids: Sequence[str]) -> dict[str, list[ConnectionRecord]]:
+        return group_by_volume(await self._store.get_connections_by_volume_ids(ids))
 
 
 def _log_orphan_failure(task: asyncio.Task[Any]) -> None:

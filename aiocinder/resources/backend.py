@@ -7,10 +7,10 @@ import copy
 import enum
 import importlib
 import json
-from collections.abc import Callable, Coroutine, Generator, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Generator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, TypeVarTuple
+from typing import Any, ClassVar, TypeVar, TypeVarTuple
 
 from ..drivers.base import VolumeDriver
 from ..drivers.runner import DriverRunner
@@ -24,10 +24,9 @@ from ..lazy import Lazy
 from ..persistence.base import PersistenceStore
 from ..records import VolumeRecord
 from ._base import check_id, check_size, check_specs, check_text
+from ._prefetch import check_prefetch, prefetch_lists
 from ._runtime import runtime
-
-if TYPE_CHECKING:
-    from .volume import Volume
+from .volume import Volume
 
 __all__ = ["Backend", "BackendStatistics"]
 
@@ -410,14 +409,60 @@ class Backend:
                                   resource=self) from exc
         return copy.deepcopy(self._stats)
 
-    async def volumes(self) -> list[Volume]:
-        """This backend's volumes (lazy: loaded once, then cached until :meth:`refresh`)."""
+    async def volumes(self, *, prefetch: Collection[str] = ()) -> list[Volume]:
+        """This backend's volumes (lazy: loaded once, then cached until :meth:`refresh`).
+
+        :param prefetch: lazy lists to load at the same time for every volume,
+            ``("snapshots", "connections")`` or a part of it: one query per kind
+            whatever the number of volumes, instead of one per volume later.
+        :raises InvalidArgument: an unknown name in ``prefetch``.
+        """
         runtime.check("Backend.volumes()", self._generation)
-        return list(await self._volumes.get())
+        wanted = check_prefetch(prefetch)
+        volumes = await self._volumes.get()
+        if wanted:
+            await prefetch_lists(volumes, wanted)
+        return list(volumes)
+
+    async def iter_volumes(
+        self,
+        *,
+        status: str | None = None,
+        name: str | None = None,
+        batch_size: int = 500,
+        prefetch: Collection[str] = (),
+    ) -> AsyncIterator[Volume]:
+        """Stream this backend's volumes, ``batch_size`` at a time.
+
+        Memory stays bounded by the batch size, not by the number of volumes:
+        nothing is cached on the backend. Filters run in the database.
+
+        :param status: only volumes with this status.
+        :param name: only volumes with this name.
+        :param prefetch: as for :meth:`volumes`, one query per kind and batch.
+        :raises InvalidArgument: bad ``batch_size`` or ``prefetch``.
+        """
+        runtime.check("Backend.iter_volumes()", self._generation)
+        store = runtime.store("Backend.iter_volumes()")
+        wanted = check_prefetch(prefetch)
+        check_size(batch_size, "batch_size")
+        batch: list[Volume] = []
+        records = store.iter_volumes(self._name, status=status, volume_name=name,
+                                     batch_size=batch_size)
+        async for record in records:
+            batch.append(Volume(record))
+            if len(batch) == batch_size:
+                if wanted:
+                    await prefetch_lists(batch, wanted)
+                for vol in batch:
+                    yield vol
+                batch = []
+        if wanted and batch:
+            await prefetch_lists(batch, wanted)
+        for vol in batch:
+            yield vol
 
     async def _load_volumes(self) -> list[Volume]:
-        from .volume import Volume
-
         store = runtime.store("Backend.volumes()")
         return [Volume(rec) for rec in await store.get_volumes(backend_name=self._name)]
 
@@ -453,8 +498,6 @@ class Backend:
         :raises DriverError: the driver failed; ``error.resource`` is the volume,
             stored with status ``error``.
         """
-        from .volume import Volume
-
         driver = self._ready("create_volume")
         record = VolumeRecord(
             id=check_id(id),

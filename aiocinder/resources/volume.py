@@ -135,11 +135,11 @@ class Volume(Resource[VolumeRecord]):
         :raises BackendNotInitialised: see :func:`aiocinder.setup`'s
             ``fail_on_missing_backend``.
         """
-        store = runtime.store("Volume.get_by_id()")
-        records = await store.get_volumes(volume_id=volume_id)
-        if not records:
+        runtime.store("Volume.get_by_id()")
+        record = await runtime.loaders.volume.get(volume_id)
+        if record is None:
             raise VolumeNotFound(f"no volume has id {volume_id!r}")
-        return load_volume(records[0])
+        return load_volume(record)
 
     @classmethod
     async def get_by_name(cls, name: str) -> list[Volume]:
@@ -148,10 +148,10 @@ class Volume(Resource[VolumeRecord]):
         return [load_volume(r) for r in await store.get_volumes(volume_name=name)]
 
     async def _fetch(self, store: PersistenceStore) -> VolumeRecord:
-        records = await store.get_volumes(volume_id=self.id)
-        if not records:
+        record = await runtime.loaders.volume.get(self.id)
+        if record is None:
             raise VolumeNotFound(f"volume {self.id} no longer exists", resource=self)
-        return records[0]
+        return record
 
     async def _write(self, store: PersistenceStore, record: VolumeRecord) -> VolumeRecord:
         return await store.set_volume(record)
@@ -171,14 +171,13 @@ class Volume(Resource[VolumeRecord]):
     async def _load_snapshots(self) -> list[Snapshot]:
         from .snapshot import Snapshot
 
-        store = runtime.store("Volume.snapshots()")
-        return [Snapshot(r, volume=self) for r in await store.get_snapshots(volume_id=self.id)]
+        records = await runtime.loaders.snapshots.get(self.id)
+        return [Snapshot(r, volume=self) for r in records]
 
     async def _load_connections(self) -> list[Connection]:
         from .connection import Connection
 
-        store = runtime.store("Volume.connections()")
-        records = await store.get_connections(volume_id=self.id)
+        records = await runtime.loaders.connections.get(self.id)
         return [Connection(r, volume=self) for r in records]
 
     def _reset_caches(self) -> None:
