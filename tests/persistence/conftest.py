@@ -11,11 +11,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
+import pgserver
 import pytest
 import pytest_asyncio
+from blockbuster import BlockBuster
 
 from aiocinder.persistence.base import PersistenceStore
 from aiocinder.persistence.memory import MemoryStore
+from aiocinder.persistence.postgresql import PostgreSQLStore
 from aiocinder.persistence.sqlite import SQLiteStore
 
 
@@ -31,10 +34,18 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[PersistenceStore]:
         yield store
 
 
+@asynccontextmanager
+async def postgresql_store(tmp_path: Path) -> AsyncIterator[PersistenceStore]:
+    # A new database per test on the session's server; skips without one, fails under CI.
+    async with pgserver.require_server().database() as dsn, PostgreSQLStore(dsn) as store:
+        yield store
+
+
 #: Store factories by test id; each gets the test's ``tmp_path``.
 STORE_FACTORIES: dict[str, Callable[[Path], AbstractAsyncContextManager[PersistenceStore]]] = {
     "memory": memory_store,
     "sqlite": sqlite_store,
+    "postgresql": postgresql_store,
 }
 
 
@@ -43,3 +54,22 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     """A new, opened store of each kind; closed after the test."""
     async with STORE_FACTORIES[request.param](tmp_path) as opened:
         yield opened
+
+
+@pytest.fixture(autouse=True)
+def _asyncpg_may_check_its_files(blockbuster: BlockBuster) -> None:
+    """asyncpg stats ~/.pgpass and ~/.postgresql/* on the loop for each new connection."""
+    pgserver.allow_asyncpg_connect(blockbuster)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> pgserver.PostgresServer:
+    """The session's PostgreSQL server (skips without one; fails when CI is set)."""
+    return pgserver.require_server()
+
+
+@pytest_asyncio.fixture
+async def pg_dsn(pg_server: pgserver.PostgresServer) -> AsyncIterator[str]:
+    """The DSN of a new, empty database, dropped after the test."""
+    async with pg_server.database() as dsn:
+        yield dsn
