@@ -24,6 +24,7 @@ from .exceptions import SchemaError as SchemaError
 from .exceptions import SnapshotNotFound as SnapshotNotFound
 from .exceptions import UsageError as UsageError
 from .exceptions import VolumeNotFound as VolumeNotFound
+from .importer import import_cinderlib as import_cinderlib
 from .records import KeyValue as KeyValue
 from .resources import Backend as Backend
 from .resources import BackendStatistics as BackendStatistics
@@ -65,6 +66,7 @@ __all__ = [
     "VolumeType",
     "dump",
     "dumps",
+    "import_cinderlib",
     "load",
     "setup",
     "shutdown",

@@ -2,7 +2,9 @@
 
 ``aiocinder demo`` runs the whole resource model on the embedded default (a
 SQLite file and a FileDriver directory it creates) and prints the tracking
-scan; ``aiocinder list`` prints the same scan for any store.
+scan; ``aiocinder list`` prints the same scan for any store;
+``aiocinder import-cinderlib`` brings a cinderlib database or JSON dump into
+a store.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 from . import __version__
 from ._setup import setup, shutdown
 from .exceptions import AiocinderError
+from .importer import ImportTally, import_cinderlib
+from .persistence.base import create_store
 from .resources.backend import Backend
 from .resources.volume import Volume, load_volume
 
@@ -95,6 +99,26 @@ async def list_store(connection: str) -> None:
         await shutdown()
 
 
+def _tally(what: str, tally: ImportTally) -> str:
+    line = f"{what:<12} {tally.created:>6} created, {tally.already_present:>6} already present"
+    return line + (f", {tally.replaced} replaced" if tally.replaced else "")
+
+
+async def import_command(source: str, target: str, replace: bool) -> None:
+    """Import a cinderlib database or JSON dump into the store at ``target``;
+    print the counts (never a value of the data: it holds credentials)."""
+    storage = "postgresql" if target.startswith("postgres") else "sqlite"
+    async with create_store({"storage": storage, "connection": target}) as store:
+        counts = await import_cinderlib(source, store=store, replace=replace)
+        print(f"imported {counts.source} into {store!r}")
+    print(f"backends     {', '.join(counts.backends) or '-'}")
+    for what, tally in (("volumes", counts.volumes), ("snapshots", counts.snapshots),
+                        ("connections", counts.connections),
+                        ("key values", counts.key_values)):
+        print(_tally(what, tally))
+    print(f"left out     {counts.deleted} deleted, {counts.orphaned} orphaned")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; return its exit status."""
     parser = argparse.ArgumentParser(prog="aiocinder", description=__doc__.splitlines()[0])
@@ -109,10 +133,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     list_cmd = commands.add_parser("list", help="print the tracking scan of a store")
     list_cmd.add_argument("--connection", required=True,
                           help="sqlite:///path.db or a postgresql:// DSN")
+    import_cmd = commands.add_parser(
+        "import-cinderlib",
+        help="import a cinderlib database or JSON dump (volumes, snapshots, connections, "
+             "key values) into a store",
+    )
+    import_cmd.add_argument("source",
+                            help="a cinderlib SQLite database (path or sqlite:/// URL), a "
+                                 "postgresql:// DSN, or a file of cinderlib JSON")
+    import_cmd.add_argument("--to", required=True, metavar="URL",
+                            help="the aiocinder store: sqlite:///path.db or a postgresql:// DSN")
+    import_cmd.add_argument("--replace", action="store_true",
+                            help="overwrite records already in the store (default: keep them)")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
             asyncio.run(demo(args.dir.absolute()))
+        elif args.command == "import-cinderlib":
+            asyncio.run(import_command(args.source, args.to, args.replace))
         else:
             asyncio.run(list_store(args.connection))
     except AiocinderError as exc:

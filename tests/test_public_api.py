@@ -13,6 +13,8 @@ DOCUMENTED = {
     "setup", "shutdown",
     # serialization
     "dump", "dumps", "load",
+    # the way off cinderlib
+    "import_cinderlib",
     # resources
     "Backend", "BackendStatistics", "Volume", "VolumeType", "Snapshot", "Connection",
     "KeyValue",
