@@ -4,7 +4,7 @@
 SQLite file and a FileDriver directory it creates) and prints the tracking
 scan; ``aiocinder list`` prints the same scan for any store;
 ``aiocinder import-cinderlib`` brings a cinderlib database or JSON dump into
-a store.
+a store, and ``aiocinder copy`` copies one store into another.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from pathlib import Path
 
 from . import __version__
 from ._setup import setup, shutdown
-from .exceptions import AiocinderError
+from .exceptions import AiocinderError, InvalidArgument
 from .importer import ImportTally, import_cinderlib
-from .persistence.base import create_store
+from .persistence.base import PersistenceStore, create_store
+from .persistence.copy import copy_store
 from .resources.backend import Backend
 from .resources.volume import Volume, load_volume
 
@@ -104,11 +105,16 @@ def _tally(what: str, tally: ImportTally) -> str:
     return line + (f", {tally.replaced} replaced" if tally.replaced else "")
 
 
+def _store_at(url: str) -> PersistenceStore:
+    """The (unopened) store a ``sqlite:///`` URL or ``postgresql://`` DSN names."""
+    storage = "postgresql" if url.startswith("postgres") else "sqlite"
+    return create_store({"storage": storage, "connection": url})
+
+
 async def import_command(source: str, target: str, replace: bool) -> None:
     """Import a cinderlib database or JSON dump into the store at ``target``;
     print the counts (never a value of the data: it holds credentials)."""
-    storage = "postgresql" if target.startswith("postgres") else "sqlite"
-    async with create_store({"storage": storage, "connection": target}) as store:
+    async with _store_at(target) as store:
         counts = await import_cinderlib(source, store=store, replace=replace)
         print(f"imported {counts.source} into {store!r}")
     print(f"backends     {', '.join(counts.backends) or '-'}")
@@ -117,6 +123,19 @@ async def import_command(source: str, target: str, replace: bool) -> None:
                         ("key values", counts.key_values)):
         print(_tally(what, tally))
     print(f"left out     {counts.deleted} deleted, {counts.orphaned} orphaned")
+
+
+async def copy_command(source_url: str, target_url: str) -> None:
+    """Copy every record of one store into another; print the counts."""
+    source = _store_at(source_url)
+    database = getattr(source, "database", None)
+    if isinstance(database, str) and not await asyncio.to_thread(Path(database).is_file):
+        raise InvalidArgument(f"no SQLite database at {database} to copy from")
+    async with source, _store_at(target_url) as target:
+        counts = await copy_store(source, target)
+        print(f"copied {source!r} into {target!r}")
+    print(f"{counts.volumes} volumes, {counts.snapshots} snapshots, "
+          f"{counts.connections} connections, {counts.key_values} key values")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -145,12 +164,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                             help="the aiocinder store: sqlite:///path.db or a postgresql:// DSN")
     import_cmd.add_argument("--replace", action="store_true",
                             help="overwrite records already in the store (default: keep them)")
+    copy_cmd = commands.add_parser("copy", help="copy every record of one store into another")
+    copy_cmd.add_argument("--from", required=True, dest="source", metavar="URL",
+                          help="the store to read: sqlite:///path.db or a postgresql:// DSN")
+    copy_cmd.add_argument("--to", required=True, dest="target", metavar="URL",
+                          help="the store to write: sqlite:///path.db or a postgresql:// DSN")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
             asyncio.run(demo(args.dir.absolute()))
         elif args.command == "import-cinderlib":
             asyncio.run(import_command(args.source, args.to, args.replace))
+        elif args.command == "copy":
+            asyncio.run(copy_command(args.source, args.target))
         else:
             asyncio.run(list_store(args.connection))
     except AiocinderError as exc:
