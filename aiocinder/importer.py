@@ -57,6 +57,7 @@ from .records import (
     SnapshotRecord,
     VolumeRecord,
 )
+from .resources._base import _ID_RE
 from .resources._runtime import runtime
 
 __all__ = ["ImportCounts", "ImportTally", "import_cinderlib"]
@@ -190,9 +191,21 @@ def _text(found: _Found, fields: Mapping[str, Any], name: str, where: str) -> st
 
 
 def _id(found: _Found, fields: Mapping[str, Any], name: str, where: str) -> str:
+    """A resource id, held to aiocinder's rule: storage names are made from ids."""
     value = _text(found, fields, name, where)
     if not value:
         raise found.error(where, f"{name} is missing")
+    if not _ID_RE.fullmatch(value):
+        raise found.error(where, f"{name} {value!r} is not an id aiocinder accepts (1 to 255 "
+                                 "letters, digits, '.', '_' or '-', starting with a letter "
+                                 "or digit)")
+    return value
+
+
+def _key(found: _Found, fields: Mapping[str, Any], where: str) -> str:
+    value = _text(found, fields, "key", where)
+    if not value:
+        raise found.error(where, "key is missing")
     return value
 
 
@@ -313,6 +326,9 @@ def _volume(
     backend_name = backend_name or _backend_from_host(host)
     if not backend_name:
         raise found.error(where, "no backend name: host is not 'host@backend#pool'")
+    if "/" in backend_name:
+        raise found.error(where, f"backend name {backend_name!r} has a '/', which aiocinder "
+                                 "refuses")
     if fields.get("_name_id"):
         raise found.error(where, "_name_id is set (a migrated volume): its storage name is "
                                  "not derived from its id, which aiocinder cannot represent")
@@ -467,7 +483,7 @@ def _connection(
 
 
 def _key_value(found: _Found, fields: Mapping[str, Any], where: str) -> None:
-    key = _id(found, fields, "key", where)
+    key = _key(found, fields, where)
     found.key_values[key] = _text(found, fields, "value", where)
 
 

@@ -613,13 +613,18 @@ def _breakages(manifest: dict[str, Any]) -> dict[str, tuple[tuple[str, tuple[Any
         "attach_mode unknown": (("UPDATE volume_attachment SET attach_mode = 'rx' WHERE id = ?",
                                  (conn["id"],)),),
         "not a cinderlib database": (("DROP TABLE volume_attachment", ()),),
+        "an id that is a path": (("UPDATE volumes SET id = '../../etc' WHERE id = ?",
+                                  (vol["id"],)),),
+        "a backend name with a slash": (
+            ("UPDATE volumes SET host = 'node@a/b#pool' WHERE id = ?", (vol["id"],)),),
     }
 
 
 BREAKAGES = ["broken connection_info JSON", "connection_info not an object", "size is text",
              "size is zero", "garbage row", "unknown status", "no backend in host",
              "deleted is not a boolean", "metadata value NULL", "unknown attach_status",
-             "attach_mode unknown", "not a cinderlib database"]
+             "attach_mode unknown", "not a cinderlib database", "an id that is a path",
+             "a backend name with a slash"]
 
 
 @pytest.mark.asyncio
