@@ -123,9 +123,13 @@ class ImportCounts:
     source: str
     #: The backend names the imported volumes belong to, sorted.
     backends: tuple[str, ...]
+    #: Live volumes.
     volumes: ImportTally
+    #: Live snapshots of live volumes.
     snapshots: ImportTally
+    #: Live connections of live volumes.
     connections: ImportTally
+    #: Entries of cinderlib's key-value store (databases only: JSON has none).
     key_values: ImportTally
     #: Deleted resources found in the source and left out (soft-deleted rows,
     #: ``deleted`` status, deleted entries in JSON).
