@@ -1,6 +1,8 @@
 """Run the benchmarks and print their tables.
 
 Usage: ``python -m benchmarks [--sizes 1000 10000] [--json results.json]``
+``[--only tracking cinderlib drivers streaming] [--chart benchmarks.png]``
+(``--help`` for the sizes of each benchmark).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from . import tracking
+from . import suite, tracking
 
 
 def main() -> None:
@@ -19,10 +21,12 @@ def main() -> None:
                         help="numbers of volumes to scan (default: 1000)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; best kept")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    suite.add_arguments(parser)
     args = parser.parse_args()
     rows = []
-    for n in args.sizes:
+    for n in args.sizes if "tracking" in args.only else ():
         rows += tracking.report(n, asyncio.run(tracking.run(n, args.repeat)))
+    rows = suite.run(args, rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
