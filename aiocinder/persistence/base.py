@@ -17,21 +17,29 @@ Writes use compare-and-swap on ``version``:
 Reads return lists ordered by ``created_at`` then ``id``. ``*_by_ids`` forms
 read many ids in one query; ``iter_volumes`` streams with memory bounded by
 ``batch_size``.
+
+:meth:`PersistenceStore.lock` gives mutual exclusion on a key among every
+process that uses the same store: the resources hold ``volume:<id>`` for each
+operation that changes a volume, its snapshots or its connections.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
+import hashlib
 import importlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Hashable, Mapping
+from contextlib import AbstractAsyncContextManager
 from importlib.metadata import entry_points
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 from ..exceptions import AlreadyExists, ConflictError, InvalidArgument, NotFound
 from ..records import ConnectionRecord, KeyValue, SnapshotRecord, VolumeRecord
 
-__all__ = ["PersistenceStore", "create_store"]
+__all__ = ["KeyedLocks", "PersistenceStore", "create_store", "lock_id"]
 
 #: Entry point group where third parties register their stores.
 ENTRY_POINT_GROUP = "aiocinder.persistence"
@@ -177,6 +185,35 @@ class PersistenceStore(abc.ABC):
     async def delete_key_value(self, key: str) -> None:
         """Delete an entry. Deleting a missing key is not an error."""
 
+    # -- locks -------------------------------------------------------------
+
+    def lock(self, key: str) -> AbstractAsyncContextManager[None]:
+        """Hold ``key`` exclusively among every process that uses this store::
+
+            async with store.lock(f"volume:{volume_id}"):
+                ...  # no other holder of this key, in any process, meanwhile
+
+        Waiting does not block the event loop, and a task cancelled while it
+        waits leaves the lock free. The lock is not reentrant: a task that
+        holds a key and asks for it again waits forever. The library holds
+        ``volume:<id>`` for every operation that changes a volume, its
+        snapshots or its connections, and reloads the records once it has it.
+
+        The SQL stores exclude processes and hosts (SQLite: byte-range locks on
+        a file beside the database; PostgreSQL: advisory locks). This base
+        implementation, which the memory store uses, excludes the tasks of this
+        process only: a store that several processes share must override it.
+
+        :raises InvalidArgument: ``key`` is not a ``str``.
+        :raises UsageError: the store is not open.
+        :raises PersistenceError: the lock could not be taken (SQL stores).
+        """
+        number = lock_id(key)
+        locks: KeyedLocks | None = self.__dict__.get("_process_locks")
+        if locks is None:
+            locks = self.__dict__["_process_locks"] = KeyedLocks()
+        return locks.hold(number)
+
     # -- whole-record writes (load, copy, import) -----------------------------
 
     async def put_volume(self, record: VolumeRecord) -> VolumeRecord:
@@ -196,6 +233,53 @@ class PersistenceStore(abc.ABC):
 
 
 R = TypeVar("R", VolumeRecord, SnapshotRecord, ConnectionRecord)
+
+_LOCK_PERSON: Final = b"aiocinder-lock"
+
+
+def lock_id(key: str) -> int:
+    """A stable signed 64-bit number for a lock key (the same in every process).
+
+    BLAKE2b of the key's UTF-8 bytes: PostgreSQL's advisory locks take it as
+    their ``bigint``, the SQLite store derives a byte offset from it.
+
+    :raises InvalidArgument: ``key`` is not a ``str``.
+    """
+    if not isinstance(key, str):
+        raise InvalidArgument(f"a lock key must be a str, not {key!r}")
+    digest = hashlib.blake2b(
+        key.encode("utf-8", "surrogatepass"), digest_size=8, person=_LOCK_PERSON
+    ).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class KeyedLocks:
+    """One :class:`asyncio.Lock` per key, made when first asked for and dropped
+    when nobody holds it or waits for it (so a long-lived process keeps no lock
+    per volume it ever touched). Excludes the tasks of one process."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, tuple[asyncio.Lock, list[int]]] = {}
+
+    def __len__(self) -> int:
+        """The keys held or waited for now."""
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+        """Hold ``key`` for the block; waiters are served in order."""
+        entry = self._locks.get(key)
+        if entry is None:
+            entry = self._locks[key] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[key]
 
 
 async def _put(

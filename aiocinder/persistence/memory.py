@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import heapq
 from collections.abc import AsyncIterator, Collection, Iterable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -99,6 +100,16 @@ class MemoryStore(PersistenceStore):
         self._state = _State.CLOSED
         for table in (self._volumes, self._snapshots, self._connections, self._key_values):
             table.clear()
+
+    def lock(self, key: str) -> AbstractAsyncContextManager[None]:
+        """Hold ``key`` exclusively among the tasks of this process (the only
+        process that sees this store): an :class:`asyncio.Lock` per key.
+
+        :raises InvalidArgument: ``key`` is not a ``str``.
+        :raises UsageError: the store is not open.
+        """
+        self._check("lock")
+        return super().lock(key)
 
     def _check(self, method: str) -> None:
         if self._state is not _State.OPEN:

@@ -22,6 +22,19 @@ Many processes may share one database:
   ``version`` is the one the record carries; otherwise it raises
   :class:`~aiocinder.exceptions.ConflictError` (or ``*NotFound`` when the row is
   gone), so no process silently overwrites another's change.
+* :meth:`PostgreSQLStore.lock` holds a session advisory lock
+  (``pg_advisory_lock``) keyed by a stable 64-bit hash of the key, on a
+  connection of a second, small pool kept for locks: a holder never waits for
+  a connection of the main pool while holding one of its own, so holding many
+  locks at once cannot starve the writes that the holders make. The
+  connection goes back to its pool when the lock is let go, and the pool's
+  reset runs ``pg_advisory_unlock_all()`` (or closes the connection when it
+  cannot): a holder cancelled at any point, even while the server was
+  granting the lock, leaves nothing held.
+* A connection broken by a server restart or a network failure makes the
+  statement on it fail with :class:`~aiocinder.exceptions.PersistenceError`;
+  the pools open new connections for the next statements, so the store
+  recovers without being opened again.
 
 asyncpg is imported by this module only, which is imported only when the
 ``postgresql`` storage is chosen.
@@ -35,8 +48,10 @@ import asyncio
 import contextlib
 import enum
 import functools
+import logging
 import warnings
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol, TypeVar
@@ -59,7 +74,7 @@ from ..exceptions import (
 )
 from ..records import ConnectionRecord, KeyValue, SnapshotRecord, VolumeRecord, utcnow
 from ._codec import SCHEMA_VERSION, decode, encode
-from .base import PersistenceStore
+from .base import KeyedLocks, PersistenceStore, lock_id
 
 __all__ = ["PostgreSQLStore", "map_postgres_exceptions"]
 
@@ -328,6 +343,9 @@ _KV_SET: Final = (
     "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
 )
 _KV_DELETE: Final = "DELETE FROM key_values WHERE key = $1"
+_LOCK: Final = "SELECT pg_advisory_lock($1)"
+
+_log = logging.getLogger("aiocinder")
 
 
 # -- DSN ----------------------------------------------------------------------
@@ -383,6 +401,8 @@ class PostgreSQLStore(PersistenceStore):
     :param max_size: most connections the pool opens.
     :param command_timeout: seconds a statement may take (None: no limit).
     :param connect_timeout: seconds to establish one connection.
+    :param lock_pool_size: most connections held for :meth:`lock` (one per
+        key locked or waited for at once by this process; more wait their turn).
     :raises InvalidArgument: the DSN is not a PostgreSQL one, or a size or
         timeout is out of range.
 
@@ -399,11 +419,15 @@ class PostgreSQLStore(PersistenceStore):
         max_size: int = 10,
         command_timeout: float | None = 60.0,
         connect_timeout: float = 10.0,
+        lock_pool_size: int = 10,
     ) -> None:
         self._dsn, self._target = _parse_dsn(connection)
-        for label, size in (("min_size", min_size), ("max_size", max_size)):
+        sizes = (("min_size", min_size), ("max_size", max_size), ("lock_pool_size", lock_pool_size))
+        for label, size in sizes:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise InvalidArgument(f"{label} must be an int >= 0, not {size!r}")
+        if lock_pool_size < 1:
+            raise InvalidArgument(f"lock_pool_size must be at least 1, not {lock_pool_size}")
         if max_size < 1 or min_size > max_size:
             raise InvalidArgument(
                 f"need 1 <= max_size and min_size <= max_size, got {min_size=}, {max_size=}"
@@ -415,6 +439,11 @@ class PostgreSQLStore(PersistenceStore):
         self._state = _State.NEW
         self._pool: _Pool | None = None
         self._open_lock = asyncio.Lock()
+        self._lock_pool_size = lock_pool_size
+        self._lock_pool: _Pool | None = None
+        self._lock_pool_opening = asyncio.Lock()
+        self._key_locks = KeyedLocks()
+        self._releasing: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._target} {self._state.value}>"
@@ -466,14 +495,21 @@ class PostgreSQLStore(PersistenceStore):
             self._state = _State.OPEN
 
     async def close(self) -> None:
-        """Close the pool, waiting for statements in flight. Idempotent.
+        """Close the pools, waiting for statements in flight. Idempotent.
 
         Any later call but :meth:`close` raises :class:`UsageError`.
         """
         self._state = _State.CLOSED
+        if self._releasing:
+            await asyncio.wait(set(self._releasing))
+        async with self._lock_pool_opening:
+            lock_pool, self._lock_pool = self._lock_pool, None
         pool, self._pool = self._pool, None
-        if pool is None:
-            return
+        for closing in (lock_pool, pool):
+            if closing is not None:
+                await self._close_pool(closing)
+
+    async def _close_pool(self, pool: _Pool) -> None:
         try:
             with map_postgres_exceptions(self._target):
                 await pool.close()
@@ -526,6 +562,72 @@ class PostgreSQLStore(PersistenceStore):
             return pool
         when = "after close()" if self._state is _State.CLOSED else "before open()"
         raise UsageError(f"{type(self).__name__}.{method}() called {when}")
+
+    # -- locks -------------------------------------------------------------
+
+    def lock(self, key: str) -> AbstractAsyncContextManager[None]:
+        """Hold ``key`` exclusively among every process and host using this database.
+
+        A session advisory lock, ``pg_advisory_lock(k)`` where ``k`` is
+        :func:`~aiocinder.persistence.base.lock_id` of the key, held on a
+        connection of the lock pool (see ``lock_pool_size``) until the block
+        ends. Waiting happens in the server, so the lock is handed over as
+        soon as its holder lets it go; tasks of this process wanting the same
+        key queue in the process first, and use one connection.
+
+        If the connection breaks while the lock is held (the server restarts),
+        the server has let the lock go: the block runs on, unprotected, and the
+        next :meth:`lock` opens a new connection.
+
+        :raises UsageError: the store is not open.
+        :raises PersistenceError: the server cannot be reached.
+        """
+        self._ready("lock")
+        return self._advisory_lock(lock_id(key))
+
+    @contextlib.asynccontextmanager
+    async def _advisory_lock(self, key: int) -> AsyncIterator[None]:
+        async with self._key_locks.hold(key):
+            pool = await self._locks_pool()
+            with map_postgres_exceptions(self._target):
+                conn = await pool.acquire()
+            try:
+                with map_postgres_exceptions(self._target):
+                    await conn.execute(_LOCK, key)
+                yield
+            finally:
+                # Shielded: a cancelled holder still gives the connection back,
+                # and the pool's reset unlocks (or the connection is closed).
+                releasing = asyncio.get_running_loop().create_task(self._release(pool, conn))
+                self._releasing.add(releasing)
+                releasing.add_done_callback(self._releasing.discard)
+                await asyncio.shield(releasing)
+
+    async def _release(self, pool: Any, conn: Any) -> None:
+        try:
+            await pool.release(conn, timeout=self._command_timeout)
+        except Exception as exc:  # the connection was closed instead: no lock is left
+            _log.debug("a lock connection to %s was closed on release: %r", self._target, exc)
+
+    async def _locks_pool(self) -> Any:
+        pool = self._lock_pool
+        if pool is not None:
+            return pool
+        async with self._lock_pool_opening:
+            self._ready("lock")
+            if self._lock_pool is None:
+                with map_postgres_exceptions(self._target):
+                    # No command_timeout: waiting for a lock lasts as long as
+                    # its holder's operation (the caller may cancel).
+                    self._lock_pool = await asyncpg.create_pool(
+                        self._dsn,
+                        min_size=0,
+                        max_size=self._lock_pool_size,
+                        command_timeout=None,
+                        timeout=self._connect_timeout,
+                        server_settings={"application_name": "aiocinder locks", "jit": "off"},
+                    )
+            return self._lock_pool
 
     # -- shared implementation --------------------------------------------
 

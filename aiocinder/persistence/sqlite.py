@@ -15,6 +15,17 @@ split it.
 So a write whose caller was cancelled may still have been stored, whole: the
 caller's next compare-and-swap then raises
 :class:`~aiocinder.exceptions.ConflictError`, and a reload tells.
+
+:meth:`SQLiteStore.lock` excludes the other processes of the machine with
+POSIX byte-range locks (``fcntl.lockf``) on ``<database>.locks``, a file
+created beside the database with mode 0600: one byte per key, at an offset
+derived from the key's hash. The kernel drops them when the process ends,
+however it ends. They are taken without waiting (``LOCK_NB``), retried after
+a short asynchronous sleep, so the event loop never blocks and a cancelled
+waiter holds nothing. Such locks belong to a process, not to a task, so the
+tasks of one process first take turns on an :class:`asyncio.Lock` per key.
+(Byte-range locks over NFS are only as good as its lock manager: for several
+hosts, use PostgreSQL.)
 """
 
 from __future__ import annotations
@@ -22,12 +33,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
+import fcntl
 import json
 import math
 import os
+import random
 import sqlite3
+import threading
 import warnings
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Generic, TypeVar
@@ -50,7 +66,7 @@ from ..exceptions import (
 )
 from ..records import ConnectionRecord, KeyValue, SnapshotRecord, VolumeRecord, utcnow
 from ._codec import SCHEMA_VERSION, decode, encode
-from .base import PersistenceStore
+from .base import KeyedLocks, PersistenceStore, lock_id
 
 __all__ = ["SQLiteStore", "map_sqlite_exceptions", "parse_sqlite_url"]
 
@@ -244,6 +260,88 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+# -- locks between processes ---------------------------------------------------
+
+#: First and longest pause between two tries of a lock another process holds.
+_LOCK_RETRY_FIRST: Final = 0.001
+_LOCK_RETRY_MAX: Final = 0.05
+
+
+class _LockFile:
+    """``<database>.locks``, open once in this process.
+
+    POSIX record locks belong to the process, and closing *any* descriptor of
+    the file drops every one of them: so all the stores of this process that
+    use one database share this descriptor, and their tasks take turns
+    through :attr:`local` before asking the kernel.
+    """
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.users = 0
+        self.local = KeyedLocks()
+
+
+#: The lock files open in this process, by path.
+_lock_files: dict[str, _LockFile] = {}
+_lock_files_guard = threading.Lock()
+
+
+def _attach_lock_file(database: str) -> _LockFile:
+    """Open (creating it with mode 0600) or share the lock file of ``database``.
+
+    Runs in a worker thread: it resolves the path and may create the file.
+    """
+    path = os.path.realpath(database) + ".locks"
+    with _lock_files_guard:
+        found = _lock_files.get(path)
+        if found is None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            found = _lock_files[path] = _LockFile(path, fd)
+        found.users += 1
+        return found
+
+
+def _detach_lock_file(lock_file: _LockFile) -> None:
+    """Let go of the lock file; the last store of the process closes it."""
+    with _lock_files_guard:
+        lock_file.users -= 1
+        if lock_file.users:
+            return
+        del _lock_files[lock_file.path]
+        fd, lock_file.fd = lock_file.fd, -1
+    os.close(fd)
+
+
+def _lock_offset(key: str) -> int:
+    """The byte of the lock file that stands for ``key`` (below 2**62: any
+    ``off_t`` holds it, whatever the file's size)."""
+    return (lock_id(key) & 0xFFFF_FFFF_FFFF_FFFF) >> 2
+
+
+async def _lock_byte(lock_file: _LockFile, offset: int, database: str) -> None:
+    """Take the byte at ``offset`` for this process, trying until it is free."""
+    delay = _LOCK_RETRY_FIRST
+    while True:
+        try:
+            fcntl.lockf(lock_file.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise PersistenceError(
+                    f"cannot lock {lock_file.path!r} for {database!r}: {exc}"
+                ) from exc
+        await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+        delay = min(delay * 2, _LOCK_RETRY_MAX)
+
+
+def _unlock_byte(lock_file: _LockFile, offset: int) -> None:
+    with _lock_files_guard:  # not while the last store closes the file
+        if lock_file.fd >= 0:
+            fcntl.lockf(lock_file.fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
+
+
 class SQLiteStore(PersistenceStore):
     """Records in an SQLite database, one aiosqlite connection shared by all tasks.
 
@@ -276,6 +374,10 @@ class SQLiteStore(PersistenceStore):
         # from a deleted row" answers about the row that UPDATE saw (within
         # this process). It guards no transaction: none spans two awaits.
         self._write_lock = anyio.Lock(fast_acquire=True)
+        # lock(): the lock file, opened on first use; for ":memory:", tasks only.
+        self._lock_file: _LockFile | None = None
+        self._lock_file_opening: asyncio.Task[_LockFile] | None = None
+        self._memory_locks = KeyedLocks()
 
     @property
     def database(self) -> str:
@@ -416,6 +518,11 @@ class SQLiteStore(PersistenceStore):
     async def _close(self) -> None:
         if self._opening is not None:
             await asyncio.wait({self._opening})
+        if self._lock_file_opening is not None:
+            await asyncio.wait({self._lock_file_opening})
+        lock_file, self._lock_file = self._lock_file, None
+        if lock_file is not None:
+            _detach_lock_file(lock_file)
         conn, self._conn = self._conn, None
         if conn is not None:
             with map_sqlite_exceptions("SQLiteStore.close()"):
@@ -430,6 +537,63 @@ class SQLiteStore(PersistenceStore):
             return conn
         when = "after close()" if self._state is _State.CLOSED else "before open()"
         raise UsageError(f"SQLiteStore.{method}() called {when}")
+
+    # -- locks -------------------------------------------------------------
+
+    def lock(self, key: str) -> AbstractAsyncContextManager[None]:
+        """Hold ``key`` exclusively among the processes using this database file.
+
+        A byte-range lock on ``<database>.locks`` (created with mode 0600 on
+        first use), taken without blocking the event loop; see the module's
+        documentation. For an in-memory database, which no other process can
+        open, the tasks of this process only.
+
+        :raises UsageError: the store is not open.
+        :raises PersistenceError: the lock file cannot be created or locked.
+        """
+        self._db("lock")
+        return self._hold(_lock_offset(key))
+
+    @contextlib.asynccontextmanager
+    async def _hold(self, offset: int) -> AsyncIterator[None]:
+        if self._database == MEMORY:
+            async with self._memory_locks.hold(offset):
+                yield
+            return
+        lock_file = await self._open_lock_file()
+        # Keyed by offset: two keys that share a byte take turns in the
+        # process too, so the kernel's lock is never taken twice by it.
+        async with lock_file.local.hold(offset):
+            await _lock_byte(lock_file, offset, self._database)
+            try:
+                yield
+            finally:
+                _unlock_byte(lock_file, offset)
+
+    async def _open_lock_file(self) -> _LockFile:
+        self._db("lock")
+        if self._lock_file is not None:
+            return self._lock_file
+        if self._lock_file_opening is None:
+            self._lock_file_opening = asyncio.get_running_loop().create_task(
+                self._attach_lock_file()
+            )
+        return await asyncio.shield(self._lock_file_opening)
+
+    async def _attach_lock_file(self) -> _LockFile:
+        try:
+            lock_file = await anyio.to_thread.run_sync(_attach_lock_file, self._database)
+        except OSError as exc:
+            raise PersistenceError(
+                f"cannot create the lock file beside {self._database!r}: {exc}"
+            ) from exc
+        finally:
+            self._lock_file_opening = None
+        if not self._is_open():  # closed meanwhile
+            _detach_lock_file(lock_file)
+            raise UsageError("SQLiteStore.lock() called after close()")
+        self._lock_file = lock_file
+        return lock_file
 
     # -- shared helpers ----------------------------------------------------
 

@@ -561,6 +561,74 @@ async def test_key_values(store: PersistenceStore) -> None:
     assert [kv.key for kv in await store.get_key_values()] == ["empty", "node-2"]
 
 
+# -- locks -----------------------------------------------------------------
+
+
+async def test_a_lock_admits_one_task_at_a_time(store: PersistenceStore) -> None:
+    inside, most, done = 0, 0, []
+
+    async def worker(i: int) -> None:
+        nonlocal inside, most
+        async with store.lock("volume:a"):
+            inside += 1
+            most = max(most, inside)
+            await asyncio.sleep(0.001)
+            done.append(i)
+            inside -= 1
+
+    await asyncio.wait_for(asyncio.gather(*(worker(i) for i in range(10))), 30)
+    assert most == 1
+    assert sorted(done) == list(range(10))
+
+
+async def test_locks_on_other_keys_do_not_wait(store: PersistenceStore) -> None:
+    async with (
+        store.lock("volume:a"),
+        asyncio.timeout(10),
+        store.lock("volume:b"),
+        store.lock(HOSTILE),
+    ):
+        pass
+
+
+async def test_a_cancelled_waiter_leaves_the_lock_free(store: PersistenceStore) -> None:
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with store.lock("volume:a"):
+            held.set()
+            await release.wait()
+
+    async def waiter() -> None:
+        async with store.lock("volume:a"):
+            raise AssertionError("the waiter got the lock while it was held")
+
+    holding = asyncio.create_task(holder())
+    await held.wait()
+    waiting = asyncio.create_task(waiter())
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    release.set()
+    await holding
+    async with asyncio.timeout(10), store.lock("volume:a"):
+        pass
+
+
+async def test_a_lock_is_let_go_when_its_block_raises(store: PersistenceStore) -> None:
+    with pytest.raises(KeyError):
+        async with store.lock("volume:a"):
+            raise KeyError("boom")
+    async with asyncio.timeout(10), store.lock("volume:a"):
+        pass
+
+
+async def test_a_lock_key_must_be_a_str(store: PersistenceStore) -> None:
+    with pytest.raises(InvalidArgument):
+        store.lock(42)  # type: ignore[arg-type]
+
+
 # -- lifecycle -------------------------------------------------------------
 
 
@@ -586,7 +654,13 @@ CALLS: list[Callable[[PersistenceStore], Awaitable[Any]]] = [
     lambda s: s.get_key_values(),
     lambda s: s.set_key_value(KeyValue("k", "v")),
     lambda s: s.delete_key_value("k"),
+    lambda s: _enter_lock(s),
 ]
+
+
+async def _enter_lock(store: PersistenceStore) -> None:
+    async with store.lock("k"):
+        pass
 
 
 async def test_use_after_close_raises_usage_error_naming_the_method(

@@ -9,6 +9,7 @@ and fail when ``CI`` is set.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -37,7 +38,7 @@ from aiocinder.exceptions import (
 )
 from aiocinder.persistence import create_store
 from aiocinder.persistence._codec import SCHEMA_VERSION
-from aiocinder.persistence.base import PersistenceStore
+from aiocinder.persistence.base import PersistenceStore, lock_id
 from aiocinder.persistence.postgresql import (
     MIGRATION_LOCK_KEY,
     MIGRATIONS,
@@ -141,6 +142,8 @@ def test_accepts_postgresql_and_sqlalchemy_dsns(given: str, expected: str) -> No
         {"command_timeout": "60"},
         {"connect_timeout": None},
         {"connect_timeout": -1.0},
+        {"lock_pool_size": 0},
+        {"lock_pool_size": 1.5},
     ],
 )
 def test_refuses_bad_pool_options(options: dict[str, Any]) -> None:
@@ -390,6 +393,117 @@ async def test_ids_sort_by_code_point_whatever_the_database_locale(
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+# -- advisory locks ---------------------------------------------------------------
+
+
+async def _advisory_locks(dsn: str) -> list[tuple[int, bool]]:
+    """The advisory locks of the database's sessions: (64-bit key, granted)."""
+    conn = await _admin(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT (classid::bigint << 32) | objid::bigint, granted FROM pg_locks "
+            "WHERE locktype = 'advisory' AND objsubid = 1 "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+    finally:
+        await conn.close()
+    return [(row[0] - (1 << 64) if row[0] >= 1 << 63 else row[0], row[1]) for row in rows]
+
+
+async def _enter_and_leave(store: PersistenceStore, key: str) -> None:
+    async with store.lock(key):
+        pass
+
+
+@pytest.mark.asyncio
+async def test_a_lock_is_an_advisory_lock_on_the_server(
+    pg_store: PostgreSQLStore, pg_dsn: str
+) -> None:
+    async with pg_store.lock("volume:a"):
+        assert await _advisory_locks(pg_dsn) == [(lock_id("volume:a"), True)]
+    assert await _advisory_locks(pg_dsn) == []
+
+
+@pytest.mark.asyncio
+async def test_a_lock_excludes_another_pool(
+    two_stores: tuple[PostgreSQLStore, PostgreSQLStore], pg_dsn: str
+) -> None:
+    a, b = two_stores
+    async with a.lock("volume:a"):
+        waiting = asyncio.create_task(_enter_and_leave(b, "volume:a"))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        assert (lock_id("volume:a"), False) in await _advisory_locks(pg_dsn)
+        async with asyncio.timeout(10), b.lock("volume:b"):
+            pass
+    await asyncio.wait_for(waiting, 10)
+    assert await _advisory_locks(pg_dsn) == []
+
+
+@pytest.mark.asyncio
+async def test_cancelled_waiters_leave_nothing_held(
+    two_stores: tuple[PostgreSQLStore, PostgreSQLStore], pg_dsn: str
+) -> None:
+    # Cancel waiters just before, at and after the moment the server grants
+    # them the lock: whatever the session got is let go with the connection.
+    a, b = two_stores
+    for round_ in range(30):
+        release = asyncio.Event()
+
+        async def hold(release: asyncio.Event) -> None:
+            async with a.lock("volume:a"):
+                await release.wait()
+
+        holding = asyncio.create_task(hold(release))
+        await asyncio.sleep(0.01)
+        waiting = asyncio.create_task(_enter_and_leave(b, "volume:a"))
+        await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.sleep(0.0005 * round_)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        await holding
+        async with asyncio.timeout(10), a.lock("volume:a"):
+            pass
+    assert await _advisory_locks(pg_dsn) == []
+
+
+@pytest.mark.asyncio
+async def test_lock_holders_never_starve_their_own_writes(pg_dsn: str) -> None:
+    # Locks have a pool of their own: holders of many locks still get a
+    # connection of the main pool (of one connection here) for their writes.
+    async with PostgreSQLStore(pg_dsn, min_size=1, max_size=1, lock_pool_size=8) as store:
+        inside = asyncio.Barrier(8)
+
+        async def work(i: int) -> None:
+            async with store.lock(f"volume:{i}"):
+                await inside.wait()  # all 8 locks are held at once
+                await store.set_volume(_volume(f"vol-{i}"))
+
+        await asyncio.wait_for(asyncio.gather(*(work(i) for i in range(8))), 30)
+    assert await _advisory_locks(pg_dsn) == []
+
+
+@pytest.mark.asyncio
+async def test_a_lock_whose_connection_breaks_is_let_go_quietly(
+    pg_store: PostgreSQLStore, pg_dsn: str
+) -> None:
+    async with pg_store.lock("volume:a"):
+        admin = await _admin(pg_dsn)
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'aiocinder locks' AND datname = current_database()"
+            )
+        finally:
+            await admin.close()
+        assert killed == 1
+        assert await _advisory_locks(pg_dsn) == []  # the server let it go with the session
+    async with asyncio.timeout(10), pg_store.lock("volume:a"):
+        assert await _advisory_locks(pg_dsn) == [(lock_id("volume:a"), True)]
 
 
 # -- compare-and-swap between processes -----------------------------------------

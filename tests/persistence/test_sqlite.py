@@ -551,3 +551,156 @@ async def test_cancelled_iteration_leaves_no_transaction(store: SQLiteStore, db:
     with pytest.raises(asyncio.CancelledError):
         await task
     await assert_no_transaction_left(store, db)
+
+
+# -- locks between processes ------------------------------------------------
+
+LOCKER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from aiocinder.persistence.sqlite import SQLiteStore
+
+    async def main(url, key, mode):
+        async with SQLiteStore(url) as store:
+            if mode == "try":  # is the key free for this process within 0.3 s?
+                try:
+                    async with asyncio.timeout(0.3), store.lock(key):
+                        print("free", flush=True)
+                except TimeoutError:
+                    print("busy", flush=True)
+                return
+            async with store.lock(key):  # hold it until told (or killed)
+                print("held", flush=True)
+                await asyncio.to_thread(sys.stdin.readline)
+
+    asyncio.run(main(*sys.argv[1:]))
+    """
+)
+
+
+def _child_env() -> dict[str, str]:
+    return dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
+
+
+async def _try_in_child(db: Path, key: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", LOCKER, url(db), key, "try",
+        stdout=asyncio.subprocess.PIPE, env=_child_env(),
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0
+    return out.decode().strip()
+
+
+@contextlib.asynccontextmanager
+async def _held_in_child(db: Path, key: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", LOCKER, url(db), key, "hold",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=_child_env(),
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 60) == b"held\n"
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("umask_zero")
+async def test_the_lock_file_is_private_and_beside_the_database(
+    store: SQLiteStore, db: Path
+) -> None:
+    lock_file = db.parent / f"{db.name}.locks"
+    assert not lock_file.exists()  # made on first use only
+    async with store.lock("volume:a"):
+        pass
+    assert stat.S_IMODE(lock_file.stat().st_mode) == 0o600
+    assert lock_file.stat().st_size == 0  # byte-range locks need no data
+
+
+@pytest.mark.asyncio
+async def test_a_lock_excludes_another_process(store: SQLiteStore, db: Path) -> None:
+    async with store.lock("volume:a"):
+        assert await _try_in_child(db, "volume:a") == "busy"
+        assert await _try_in_child(db, "volume:b") == "free"
+    assert await _try_in_child(db, "volume:a") == "free"
+
+
+@pytest.mark.asyncio
+async def test_another_process_holding_a_lock_makes_us_wait(store: SQLiteStore, db: Path) -> None:
+    async with _held_in_child(db, "volume:a") as holder:
+        waiting = asyncio.create_task(_enter_and_leave(store, "volume:a"))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        async with asyncio.timeout(10), store.lock("volume:b"):
+            pass
+        assert holder.stdin is not None
+        holder.stdin.write(b"release\n")
+        await asyncio.wait_for(waiting, 10)
+        assert await asyncio.wait_for(holder.wait(), 30) == 0
+
+
+@pytest.mark.asyncio
+async def test_a_lock_dies_with_its_process(store: SQLiteStore, db: Path) -> None:
+    async with _held_in_child(db, "volume:a") as holder:
+        holder.kill()  # SIGKILL: no cleanup runs, the kernel lets the lock go
+        await holder.wait()
+        async with asyncio.timeout(10), store.lock("volume:a"):
+            pass
+
+
+async def _enter_and_leave(store: SQLiteStore, key: str) -> None:
+    async with store.lock(key):
+        pass
+
+
+@pytest.mark.asyncio
+async def test_stores_of_one_process_share_the_lock_file(db: Path) -> None:
+    from aiocinder.persistence import sqlite
+
+    async with SQLiteStore(url(db)) as first:
+        second = SQLiteStore(url(db))
+        await second.open()
+        async with first.lock("volume:a"):
+            # The second store of this process waits for the first...
+            waiting = asyncio.create_task(_enter_and_leave(second, "volume:a"))
+            await asyncio.sleep(0.1)
+            assert not waiting.done()
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert len(sqlite._lock_files) == 1
+            # ... and closing it does not close the descriptor the lock is on
+            # (closing any descriptor of the file would drop the lock).
+            await second.close()
+            assert len(sqlite._lock_files) == 1
+            assert await _try_in_child(db, "volume:a") == "busy"
+        assert await _try_in_child(db, "volume:a") == "free"
+    assert sqlite._lock_files == {}
+
+
+@pytest.mark.asyncio
+async def test_an_in_memory_database_locks_tasks_and_makes_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    async with SQLiteStore("sqlite://") as store:
+        async with store.lock("volume:a"):
+            waiting = asyncio.create_task(_enter_and_leave(store, "volume:a"))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+        await asyncio.wait_for(waiting, 10)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.asyncio
+async def test_an_unusable_lock_file_is_a_persistence_error(store: SQLiteStore, db: Path) -> None:
+    (db.parent / f"{db.name}.locks").mkdir()  # a directory cannot be opened for writing
+    with pytest.raises(PersistenceError, match="lock file"):
+        async with store.lock("volume:a"):
+            pass
