@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -77,9 +78,15 @@ def ensure_venv(venv: Path = VENV, requirements: Path = REQUIREMENTS) -> Path:
 
 def run_cinderlib(python: Path, n: int, repeat: int) -> dict[str, Any]:
     """cinderlib's documented loop over N volumes, timed in its own process."""
+    # cinderlib rewrites rootwrap paths under $VIRTUAL_ENV (nox sets it to its
+    # own venv, where cinderlib then fails): leave it out.
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run([str(python), str(WORKER), str(n), str(repeat), tmp],
-                             check=True, capture_output=True, text=True)
+                             capture_output=True, text=True, env=env)
+    if out.returncode:
+        print(out.stderr[-5000:])
+        raise SystemExit(f"the cinderlib worker failed (exit status {out.returncode})")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
