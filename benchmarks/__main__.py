@@ -28,6 +28,7 @@ def main() -> None:
         rows += tracking.report(n, asyncio.run(tracking.run(n, args.repeat)))
     rows = suite.run(args, rows)
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2))
 
 
