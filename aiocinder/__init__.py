@@ -6,6 +6,7 @@ store (memory, SQLite or PostgreSQL), with driver calls run in worker threads.
 
 from ._setup import setup as setup
 from ._setup import shutdown as shutdown
+from .drivers.cinder import list_supported_drivers as list_supported_drivers
 from .exceptions import AiocinderError as AiocinderError
 from .exceptions import AlreadyExists as AlreadyExists
 from .exceptions import BackendConfigConflict as BackendConfigConflict
@@ -67,6 +68,7 @@ __all__ = [
     "dump",
     "dumps",
     "import_cinderlib",
+    "list_supported_drivers",
     "load",
     "setup",
     "shutdown",

@@ -15,6 +15,8 @@ DOCUMENTED = {
     "dump", "dumps", "load",
     # the way off cinderlib
     "import_cinderlib",
+    # Cinder's drivers
+    "list_supported_drivers",
     # resources
     "Backend", "BackendStatistics", "Volume", "VolumeType", "Snapshot", "Connection",
     "KeyValue",

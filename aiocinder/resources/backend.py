@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import enum
-import importlib
 import json
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Generator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar, TypeVarTuple
 
+from ..drivers import cinder as cinder_drivers
 from ..drivers.base import VolumeDriver
 from ..drivers.runner import DriverRunner
 from ..exceptions import (
@@ -93,24 +93,33 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def _cinder_adapter(volume_driver: str | type[Any]) -> type[Any]:
+    """The adapter class that runs a Cinder driver (see aiocinder.drivers.cinder)."""
+    options = runtime.options
+    return cinder_drivers.adapter_class(
+        volume_driver, store=runtime.bookkeeping_store(), host=options.host,
+        project_id=options.project_id, user_id=options.user_id,
+        root_helper=options.root_helper, cinder_options=options.cinder_options,
+    )
+
+
 def _load_driver_class(volume_driver: str | type[Any]) -> type[Any]:
+    if cinder_drivers.is_cinder_driver(volume_driver):
+        return _cinder_adapter(volume_driver)
     if isinstance(volume_driver, type):
         return volume_driver
-    if volume_driver.startswith("cinder."):
-        raise InvalidArgument(
-            f"volume_driver {volume_driver!r} is a Cinder driver: this version of aiocinder "
-            "does not ship the Cinder adapter yet; use aiocinder.drivers.file.FileDriver "
-            "or a driver class of your own"
-        )
     module_name, _, class_name = volume_driver.rpartition(".")
     if not module_name:
         raise InvalidArgument(f"volume_driver must be 'package.module.Class': {volume_driver!r}")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        # in a daemon thread: see import_in_daemon_thread (eventlet's first import)
+        cls = getattr(cinder_drivers.import_in_daemon_thread(module_name), class_name)
     except (ImportError, AttributeError) as exc:
         raise InvalidArgument(f"cannot import volume_driver {volume_driver!r}: {exc}") from exc
     if not isinstance(cls, type):
         raise InvalidArgument(f"volume_driver {volume_driver!r} is not a class")
+    if cinder_drivers.is_cinder_driver(cls):  # a Cinder driver outside Cinder's tree
+        return _cinder_adapter(cls)
     return cls
 
 
