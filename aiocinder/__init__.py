@@ -6,9 +6,10 @@ store (memory, SQLite or PostgreSQL), with driver calls run in worker threads.
 
 from ._setup import setup as setup
 from ._setup import shutdown as shutdown
-from .drivers.cinder import list_supported_drivers as list_supported_drivers
+from .connectors import get_connector_properties as get_connector_properties
 from .exceptions import AiocinderError as AiocinderError
 from .exceptions import AlreadyExists as AlreadyExists
+from .exceptions import AttachError as AttachError
 from .exceptions import BackendConfigConflict as BackendConfigConflict
 from .exceptions import BackendNotInitialised as BackendNotInitialised
 from .exceptions import ConflictError as ConflictError
@@ -42,6 +43,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AiocinderError",
     "AlreadyExists",
+    "AttachError",
     "Backend",
     "BackendConfigConflict",
     "BackendNotInitialised",
@@ -67,8 +69,8 @@ __all__ = [
     "VolumeType",
     "dump",
     "dumps",
+    "get_connector_properties",
     "import_cinderlib",
-    "list_supported_drivers",
     "load",
     "setup",
     "shutdown",

@@ -15,6 +15,8 @@ Every error derives from :class:`AiocinderError`::
     │   ├── InvalidSnapshot
     │   └── InvalidConnection
     ├── DriverError                              the storage driver failed; ``.resource``
+    │   └── AttachError                          os-brick failed on this host (attach, detach,
+    │                                            rescan); ``.resource``
     ├── BackendNotInitialised                    the resource's backend is not set up here
     ├── PersistenceError                         the metadata store failed
     │   ├── ConflictError                        a stale update lost a compare-and-swap
@@ -33,6 +35,7 @@ from typing import Any
 __all__ = [
     "AiocinderError",
     "AlreadyExists",
+    "AttachError",
     "BackendConfigConflict",
     "BackendNotInitialised",
     "ConflictError",
@@ -114,6 +117,17 @@ class DriverError(AiocinderError):
 
     ``resource`` is the resource the operation concerned, already carrying the
     error status that was persisted; ``__cause__`` is the driver's exception.
+    """
+
+
+class AttachError(DriverError):
+    """Attaching, detaching or rescanning a volume on this host (os-brick) failed.
+
+    The message names the step that failed; ``resource`` is the volume (for
+    :meth:`Volume.attach() <aiocinder.Volume.attach>` and
+    :meth:`Volume.detach() <aiocinder.Volume.detach>`) or the connection; ``__cause__`` is
+    os-brick's exception. After a failed attach, what the attach had done is
+    undone first.
     """
 
 
