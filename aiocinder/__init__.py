@@ -7,6 +7,7 @@ store (memory, SQLite or PostgreSQL), with driver calls run in worker threads.
 from ._setup import setup as setup
 from ._setup import shutdown as shutdown
 from .connectors import get_connector_properties as get_connector_properties
+from .drivers.cinder import list_supported_drivers as list_supported_drivers
 from .exceptions import AiocinderError as AiocinderError
 from .exceptions import AlreadyExists as AlreadyExists
 from .exceptions import AttachError as AttachError
@@ -71,6 +72,7 @@ __all__ = [
     "dumps",
     "get_connector_properties",
     "import_cinderlib",
+    "list_supported_drivers",
     "load",
     "setup",
     "shutdown",
