@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ..connectors import get_connector_properties
 from ..drivers.base import ModelUpdate, VolumeDriver
 from ..exceptions import (
+    AttachError,
     BackendNotInitialised,
     DriverError,
     InvalidArgument,
@@ -33,6 +37,7 @@ from ._base import (
     model_update,
 )
 from ._runtime import runtime
+from .connection import backend_option
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -40,6 +45,8 @@ if TYPE_CHECKING:
     from .snapshot import Snapshot
 
 __all__ = ["Volume", "VolumeType"]
+
+_log = logging.getLogger("aiocinder")
 
 #: Statuses from which a volume may be snapshotted, cloned, extended or connected.
 USABLE = frozenset({"available", "in-use"})
@@ -80,7 +87,7 @@ class Volume(Resource[VolumeRecord]):
     :meth:`get_by_name`. Fields mirror cinderlib's.
     """
 
-    __slots__ = ("_connections", "_snapshots")
+    __slots__ = ("_connections", "_handed_out", "_snapshots")
 
     _kind = "volume"
     _not_found = VolumeNotFound
@@ -114,6 +121,11 @@ class Volume(Resource[VolumeRecord]):
         super().__init__(record)
         self._snapshots: Lazy[list[Snapshot]] = Lazy(self._load_snapshots)
         self._connections: Lazy[list[Connection]] = Lazy(self._load_connections)
+        #: Connections this object returned (connect, attach), so a reused
+        #: connection comes back as the same object.
+        self._handed_out: weakref.WeakValueDictionary[str, Connection] = (
+            weakref.WeakValueDictionary()
+        )
 
     @property
     def volume_type(self) -> VolumeType:
@@ -312,9 +324,15 @@ class Volume(Resource[VolumeRecord]):
     async def extend(self, size: int) -> None:
         """Grow the volume to ``size`` GiB; its status comes back as it was.
 
+        When this process has the volume attached (:attr:`local_attach`), the
+        host is then made to see the new size (:meth:`Connection.extend`);
+        other hosts call :meth:`Connection.extend` themselves.
+
         :raises InvalidArgument: ``size`` is not larger than the current size.
         :raises InvalidVolume: the volume is not ``available`` or ``in-use``.
         :raises DriverError: the driver failed; status ``error_extending``.
+        :raises AttachError: the volume was extended (and the records say
+            so), but rescanning it on this host failed.
         """
         store, backend, driver = self._prepare("extend")
         new_size = check_size(size)
@@ -336,6 +354,10 @@ class Volume(Resource[VolumeRecord]):
             raise DriverError(f"extending volume {self.id} failed: {exc}", resource=self) from exc
         connected = await store.get_connections(volume_id=self.id)
         await self._persist(status="in-use" if connected else "available", size=new_size)
+        local = self.local_attach
+        if local is not None:
+            # the storage grew and the records say so; now let this host see it
+            await local._rescan(local.host_connector(), self)
 
     async def delete(self) -> None:
         """Delete the volume and its data.
@@ -379,27 +401,76 @@ class Volume(Resource[VolumeRecord]):
         backend._volume_removed(self)
 
     async def connect(
-        self, connector_dict: Mapping[str, Any], *, attach_mode: str = "rw"
+        self, connector_dict: Mapping[str, Any], *, attach_mode: str = "rw", new: bool = False
     ) -> Connection:
         """Export the volume and map it to the host ``connector_dict`` describes.
 
-        ``connector_dict`` is the host's os-brick connector properties. The
+        ``connector_dict`` is the host's os-brick connector properties
+        (:func:`aiocinder.get_connector_properties` on that host). The
         connection is stored as ``attaching`` first, ``attached`` after, and
         the volume becomes ``in-use``.
 
+        Connecting is idempotent per host: when the volume already has an
+        ``attached`` connection whose ``connector_info["host"]`` is this
+        connector's ``"host"``, that connection is returned as it is (the
+        driver is not called, nothing is refreshed). Pass ``new=True`` for
+        another connection to the same host. A connector without ``"host"``
+        always gets a new connection.
+
         :param attach_mode: ``"rw"`` or ``"ro"``.
-        :raises InvalidArgument: bad connector or mode; nothing was stored.
-        :raises InvalidVolume: the volume is not ``available`` or ``in-use``.
+        :param new: make a new connection even if the host has one.
+        :raises InvalidArgument: bad connector, mode or ``new``; nothing was stored.
+        :raises InvalidVolume: the volume is not ``available`` or ``in-use``, or
+            the host's existing connection has the other ``attach_mode``
+            (disconnect it, or pass ``new=True``).
         :raises DriverError: the driver failed; the export is removed again and
             no connection is left stored.
         """
-        from .connection import Connection
-
-        _, backend, driver = self._prepare("connect")
+        store, backend, driver = self._prepare("connect")
         connector = check_json_mapping(connector_dict, "connector_dict")
         if attach_mode not in ("rw", "ro"):
             raise InvalidArgument(f"attach_mode must be 'rw' or 'ro', got {attach_mode!r}")
+        if not isinstance(new, bool):
+            raise InvalidArgument(f"new must be True or False, got {new!r}")
         self._require_status(USABLE, "connect")
+        connection, _ = await backend._operation(
+            self._connect_op(store, backend, driver, connector, attach_mode, new)
+        )
+        return connection
+
+    async def _connect_op(
+        self, store: PersistenceStore, backend: Backend, driver: VolumeDriver,
+        connector: dict[str, Any], attach_mode: str, new: bool,
+    ) -> tuple[Connection, bool]:
+        from .connection import host_lock
+
+        async with host_lock(self.id):
+            return await self._find_or_connect(store, backend, driver, connector,
+                                               attach_mode, new)
+
+    async def _find_or_connect(
+        self, store: PersistenceStore, backend: Backend, driver: VolumeDriver,
+        connector: dict[str, Any], attach_mode: str, new: bool,
+    ) -> tuple[Connection, bool]:
+        """The host's existing connection, or a new one; and whether it is new.
+
+        Runs in an operation, under the volume's host lock.
+        """
+        from .connection import Connection
+
+        host = connector.get("host")
+        if not new and host is not None:
+            for found in await store.get_connections(volume_id=self.id):
+                if found.status != "attached" or found.connector_info.get("host") != host:
+                    continue
+                if found.attach_mode != attach_mode:
+                    raise InvalidVolume(
+                        f"volume {self.id} is connected to host {host!r} as "
+                        f"{found.attach_mode!r} already (connection {found.id}); disconnect "
+                        f"it, or pass new=True for another connection",
+                        resource=self,
+                    )
+                return self._connection_for(found), False
         record = ConnectionRecord(
             id=str(uuid.uuid4()),
             volume_id=self.id,
@@ -410,8 +481,217 @@ class Volume(Resource[VolumeRecord]):
             user_id=runtime.options.user_id,
         )
         connection = Connection(record, volume=self)
-        await backend._operation(connection._connect(backend, driver, self))
+        self._handed_out[connection.id] = connection
+        await connection._connect(backend, driver, self)
+        return connection, True
+
+    def _connection_for(self, record: ConnectionRecord) -> Connection:
+        """The live connection for a stored record: the one attached here, the
+        one in the loaded :meth:`connections` list, or a new one."""
+        from .connection import Connection
+
+        local = self.local_attach
+        if local is not None and local.id == record.id:
+            return local
+        candidates = list(self._handed_out.values())
+        cached = self._connections.peek()
+        if isinstance(cached, list):
+            candidates += cached
+        for connection in candidates:
+            if connection.id == record.id:
+                connection._record = record
+                return connection
+        connection = Connection(record, volume=self)
+        self._cache_add(self._connections, connection)
+        self._handed_out[connection.id] = connection
         return connection
+
+    # -- on this host, through os-brick -------------------------------------------
+
+    async def attach(self) -> Connection:
+        """Attach the volume on this host: connect it for this host, then os-brick.
+
+        This host's connector properties are gathered
+        (:func:`aiocinder.get_connector_properties`, with the backend's
+        ``use_multipath_for_image_xfer`` and ``enforce_multipath_for_image_xfer``
+        options), the volume is connected for them (:meth:`connect`, reusing
+        this host's connection if it has one), then os-brick attaches it and
+        checks the device (:meth:`Connection.attach`). The volume is
+        ``in-use``; :attr:`local_attach` is the connection (in this process
+        only) and ``connection.path`` the device's path.
+
+        Attaching a volume this process has attached already returns its
+        connection.
+
+        :returns: the connection, attached here.
+        :raises InvalidVolume: the volume is not ``available`` or ``in-use``.
+        :raises AttachError: gathering the connector properties, os-brick's
+            ``connect_volume`` or the device check failed (the message says
+            which). Everything the attach did is undone first: os-brick
+            detaches, the connection it made is disconnected (its export
+            removed) and its record deleted, and the volume's record is as it
+            was.
+        :raises DriverError: the driver failed to connect (nothing is left).
+        """
+        store, backend, driver = self._prepare("attach")
+        local = self.local_attach
+        if local is not None:
+            return local
+        self._require_status(USABLE, "attach")
+        multipath = bool(backend_option(self.backend_name, "use_multipath_for_image_xfer", False))
+        enforce = bool(
+            backend_option(self.backend_name, "enforce_multipath_for_image_xfer", False)
+        )
+        try:
+            connector = await get_connector_properties(
+                multipath=multipath, enforce_multipath=enforce
+            )
+        except AttachError as exc:
+            raise AttachError(f"attaching volume {self.id}: {exc}", resource=self) from exc
+        return await backend._operation(self._attach(store, backend, driver, connector))
+
+    async def _attach(self, store: PersistenceStore, backend: Backend, driver: VolumeDriver,
+                      connector: dict[str, Any]) -> Connection:
+        from .connection import host_lock
+
+        async with host_lock(self.id):
+            local = self.local_attach
+            if local is not None:
+                return local
+            before = self._record
+            connection, made = await self._find_or_connect(
+                store, backend, driver, connector, "rw", False
+            )
+            try:
+                await connection._attach_local(self)
+            except AttachError as exc:
+                if made:
+                    await self._undo_attach(store, backend, driver, connection, before, exc)
+                raise
+            return connection
+
+    async def _undo_attach(self, store: PersistenceStore, backend: Backend,
+                           driver: VolumeDriver, connection: Connection,
+                           before: VolumeRecord, error: AttachError) -> None:
+        """Disconnect the connection a failed attach made; the volume's record back."""
+        try:
+            await connection._disconnect(store, backend, driver, self, True)
+        except DriverError as exc:
+            error.add_note(f"undoing the connection failed too, it is left as "
+                           f"{connection.status!r}: {exc}")
+            return
+        if await store.get_connections(volume_id=self.id):
+            return  # another connection (another process's) keeps the export
+        restore = {name: getattr(before, name) for name in VOLUME_UPDATABLE
+                   if getattr(self._record, name) != getattr(before, name)}
+        if self._record.status != before.status and before.status in USABLE:
+            restore["status"] = before.status
+        if restore:
+            await self._persist(**restore)
+
+    async def detach(self, force: bool = False, ignore_errors: bool = False) -> None:
+        """Detach the volume from this host, then disconnect it.
+
+        os-brick detaches the device (:meth:`Connection.detach`),
+        :attr:`local_attach` becomes None, then the connection is
+        disconnected (:meth:`Connection.disconnect`: unmapped, the export
+        removed with the last connection, the record deleted); with no
+        connection left the volume is ``available``.
+
+        :param force: passed to os-brick and to the driver's
+            ``terminate_connection``; a failed local detach then does not
+            stop the disconnect.
+        :param ignore_errors: passed to os-brick; failures are logged instead
+            of raised (the local detach and the disconnect are both tried).
+        :raises InvalidVolume: this process has not attached the volume.
+        :raises AttachError: os-brick failed to detach (without ``force``:
+            the volume stays attached and connected).
+        :raises DriverError: the driver failed to disconnect.
+        """
+        store, backend, driver = self._prepare("detach")
+        if self.local_attach is None:
+            raise InvalidVolume(
+                f"volume {self.id} is not attached on this host by this process",
+                resource=self,
+            )
+        await backend._operation(self._detach(store, backend, driver, force, ignore_errors))
+
+    async def _detach(self, store: PersistenceStore, backend: Backend, driver: VolumeDriver,
+                      force: bool, ignore_errors: bool) -> None:
+        from .connection import host_lock
+
+        async with host_lock(self.id):
+            connection = self.local_attach
+            if connection is None:
+                return  # detached meanwhile
+            errors: list[Exception] = []
+            try:
+                await connection._detach_local(force, ignore_errors, self)
+            except AttachError as exc:
+                if not force:
+                    raise
+                errors.append(exc)
+            try:
+                await connection._disconnect(store, backend, driver, self, force)
+            except DriverError as exc:
+                errors.append(exc)
+            if errors and not ignore_errors:
+                first = errors[0]
+                for other in errors[1:]:
+                    first.add_note(f"then: {other}")
+                raise first
+            for error in errors:
+                _log.warning("detaching volume %s: %s (ignored)", self.id, error)
+
+    async def cleanup(self) -> None:
+        """Undo whatever this host has of the volume: detach and disconnect.
+
+        Detaches :attr:`local_attach`, and every connection of the volume
+        for this host (``connector_info["host"]`` is ``setup()``'s ``host``):
+        a device recorded on one (by a process that is gone) is detached
+        with os-brick, then each is disconnected. For after a crash: it does
+        not wait for other processes that may be working on the volume.
+
+        :raises AttachError, DriverError: some step failed; the others were
+            still tried, and the first error is raised (the others are in its
+            notes).
+        """
+        store, backend, driver = self._prepare("cleanup")
+        await backend._operation(self._cleanup(store, backend, driver))
+
+    async def _cleanup(self, store: PersistenceStore, backend: Backend,
+                       driver: VolumeDriver) -> None:
+        from .connection import host_lock
+
+        async with host_lock(self.id):
+            host = runtime.options.host
+            local = self.local_attach
+            connections = [
+                self._connection_for(record)
+                for record in await store.get_connections(volume_id=self.id)
+                if record.connector_info.get("host") == host
+                or (local is not None and record.id == local.id)
+            ]
+            errors: list[Exception] = []
+            for connection in connections:
+                if connection.device or connection is local:
+                    if connection.status != "attached":
+                        await connection._persist(status="attached")
+                    try:
+                        await connection._detach_local(True, True, self)
+                    except AttachError as exc:
+                        errors.append(exc)
+                try:
+                    await connection._disconnect(store, backend, driver, self, True)
+                except DriverError as exc:
+                    errors.append(exc)
+            if local is not None and local.id not in {c.id for c in connections}:
+                del runtime.local_attachments[self.id]  # its record is gone already
+            if errors:
+                first = errors[0]
+                for other in errors[1:]:
+                    first.add_note(f"also: {other}")
+                raise first
 
     async def disconnect(self, connection: Connection, force: bool = False) -> None:
         """Disconnect one of this volume's connections (see :meth:`Connection.disconnect`).
