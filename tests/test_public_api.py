@@ -11,6 +11,8 @@ import aiocinder
 DOCUMENTED = {
     # lifecycle
     "setup", "shutdown",
+    # this host (os-brick)
+    "get_connector_properties",
     # serialization
     "dump", "dumps", "load",
     # the way off cinderlib
@@ -24,7 +26,7 @@ DOCUMENTED = {
     "AiocinderError", "InvalidArgument", "AlreadyExists", "BackendConfigConflict",
     "NotFound", "VolumeNotFound", "SnapshotNotFound", "ConnectionNotFound",
     "InvalidState", "InvalidVolume", "InvalidSnapshot", "InvalidConnection",
-    "DriverError", "BackendNotInitialised", "PersistenceError", "ConflictError",
+    "DriverError", "AttachError", "BackendNotInitialised", "PersistenceError", "ConflictError",
     "SchemaError", "UsageError",
 }
 
