@@ -122,6 +122,7 @@ def _lag(ax: Any, rows: Sequence[dict[str, Any]]) -> None:
         ax.bar([x + offset for x in xs], values, 0.27, color=color, label=label)
     ax.axhline(2, color=TARGET, linestyle="--", linewidth=1, label="target: p99 < 2 ms")
     ax.set_yscale("log")
+    ax.set_ylim(0.005, 30 * max(max(r["lag_max_ms"] for r in measured), 2.0))
     ax.set_ylabel("ms late (log)")
     ax.set_xticks(list(xs), labels, fontsize=7, rotation=30, ha="right")
     ax.set_title(title)

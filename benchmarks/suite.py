@@ -8,6 +8,7 @@ table checks them against the targets of issue 7.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,9 @@ def run(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[dict[str, 
     if "streaming" in args.only:
         rows += streaming.run(args.stream_n, tuple(args.batch_sizes))
     checks = targets(rows)
+    print("\nload average (1, 5, 15 min) at the end: "
+          + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+          + f" on {os.cpu_count()} CPUs (other work on the machine skews every figure)")
     if args.chart:
         from . import chart
 
@@ -102,6 +106,8 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         if "lag_p99_ms" in r and not r["name"].startswith(("floor", "cinderlib ")):
             where = f", N={r['n']:,}" if "n" in r else ""
+            if "store" in r:
+                where += f" {r['store']}"
             check(f"lag p99, {r['benchmark']}: {r['name']}{where}", r["lag_p99_ms"],
                   f"< {LAG_P99_MS:g} ms", r["lag_p99_ms"] < LAG_P99_MS, "ms")
     print_table(
