@@ -3,11 +3,12 @@ record bookkeeping with compare-and-swap, and the plain dict views."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import re
 import uuid
-from collections.abc import Mapping, Set
+from collections.abc import Coroutine, Iterable, Mapping, Set
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar, overload
 
@@ -115,6 +116,11 @@ def check_json_mapping(value: object, what: str) -> dict[str, Any]:
 def readonly(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
     """A read-only view (records are shared; change them through the API)."""
     return MappingProxyType(dict(mapping))
+
+
+def volume_lock_key(volume_id: str) -> str:
+    """The :meth:`PersistenceStore.lock` key of a volume's operations."""
+    return f"volume:{volume_id}"
 
 
 # -- the base class -----------------------------------------------------------
@@ -226,6 +232,48 @@ class Resource(Generic[R]):
             f"{self._kind} {self.id} kept changing; gave up after {_CONFLICT_RETRIES} tries",
             resource=self,
         )
+
+    @property
+    def _lock_key(self) -> str:
+        """The store lock every operation on this resource's volume holds."""
+        record = self._record
+        return volume_lock_key(record.id if isinstance(record, VolumeRecord) else record.volume_id)
+
+    async def _locked(
+        self,
+        body: Coroutine[Any, Any, T],
+        allowed: Set[str] | None,
+        action: str,
+        *,
+        also: Iterable[Resource[Any]] = (),
+        reload: bool = True,
+    ) -> T:
+        """Run the operation ``body`` holding the lock of this resource's volume.
+
+        Every operation that changes a volume, its snapshots or its connections
+        runs so: ``store.lock("volume:<id>")`` excludes the others, in this
+        process and in every process sharing the store. Another process may
+        have changed the records while we waited, so this resource (and
+        ``also``) are reloaded once the lock is held and, with ``allowed``,
+        this resource's status is checked again: a refused operation changes
+        nothing. ``reload=False`` is for a resource not stored yet.
+
+        :raises InvalidState: the status is no longer one of ``allowed``.
+        :raises NotFound: the resource is gone.
+        """
+        store = runtime.bookkeeping_store()
+        try:
+            async with store.lock(self._lock_key):
+                if reload:
+                    self._record = await self._fetch(store)
+                    if allowed is not None:
+                        self._require_status(allowed, action)
+                for other in also:
+                    other._record = await other._fetch(store)
+                return await body
+        finally:
+            if inspect.getcoroutinestate(body) == inspect.CORO_CREATED:
+                body.close()  # refused before it started: no "never awaited" warning
 
     def _require_status(self, allowed: Set[str], action: str) -> None:
         status = self._record.status

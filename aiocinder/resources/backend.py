@@ -524,7 +524,9 @@ class Backend:
             user_id=runtime.options.user_id,
         )
         volume = Volume(record)
-        await self._operation(volume._create(driver.create_volume))
+        await self._operation(
+            volume._locked(volume._create(driver.create_volume), None, "create", reload=False)
+        )
         return volume
 
     def _host(self, pool_name: str | None) -> str:

@@ -250,7 +250,10 @@ class Connection(Resource[ConnectionRecord]):
         driver = backend._ready("disconnect")
         self._require_status(DISCONNECTABLE, "disconnect")
         volume = await self.volume()
-        await backend._operation(self._disconnect_op(store, backend, driver, volume, force))
+        await backend._operation(self._locked(
+            self._disconnect_op(store, backend, driver, volume, force),
+            DISCONNECTABLE, "disconnect", also=(volume,),
+        ))
 
     async def _disconnect_op(self, store: PersistenceStore, backend: Backend,
                              driver: VolumeDriver, volume: Volume, force: bool) -> None:
@@ -347,7 +350,7 @@ class Connection(Resource[ConnectionRecord]):
         self._store("attach")
         self._require_status(CONNECTED, "attach")
         self.host_connector()  # refuse a connection without info before anything
-        await self._run(self._attach_op())
+        await self._run(self._locked(self._attach_op(), CONNECTED, "attach"))
         return self
 
     async def _attach_op(self) -> None:
@@ -419,7 +422,7 @@ class Connection(Resource[ConnectionRecord]):
             return
         self._require_status(CONNECTED, "detach")
         self.host_connector()
-        await self._run(self._detach_op(force, ignore_errors))
+        await self._run(self._locked(self._detach_op(force, ignore_errors), CONNECTED, "detach"))
 
     async def _detach_op(self, force: bool, ignore_errors: bool) -> None:
         async with host_lock(self.volume_id):

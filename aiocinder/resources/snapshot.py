@@ -107,6 +107,8 @@ class Snapshot(Resource[SnapshotRecord]):
         store = runtime.bookkeeping_store()
         backend = self.backend
         volume = self._volume_cache()
+        if volume is not None:  # as reloaded under the volume's lock
+            self._record = self._record.replace(volume_size=volume.record.size)
         self._record = await store.set_snapshot(self._record)
         if volume is not None:
             volume._cache_add(volume._snapshots, self)
@@ -130,7 +132,9 @@ class Snapshot(Resource[SnapshotRecord]):
         backend = self.backend
         driver = backend._ready("delete")
         self._require_status(DELETABLE, "delete")
-        await backend._operation(self._delete(store, backend, driver))
+        await backend._operation(
+            self._locked(self._delete(store, backend, driver), DELETABLE, "delete")
+        )
 
     async def _delete(self, store: PersistenceStore, backend: Backend,
                       driver: VolumeDriver) -> None:
@@ -175,7 +179,11 @@ class Snapshot(Resource[SnapshotRecord]):
             self.volume_size, size, name, description, id, metadata, snapshot_id=self.id
         )
         volume = Volume(record)
-        await backend._operation(
-            volume._create(driver.create_volume_from_snapshot, self._record)
-        )
+        await backend._operation(self._locked(
+            self._create_volume(volume, driver), frozenset({"available"}), "create a volume from"
+        ))
         return volume
+
+    async def _create_volume(self, volume: Volume, driver: VolumeDriver) -> None:
+        """Create ``volume`` from this snapshot as stored now (under its volume's lock)."""
+        await volume._create(driver.create_volume_from_snapshot, self._record)

@@ -285,8 +285,23 @@ class Volume(Resource[VolumeRecord]):
             self.size, size, name, description, id, metadata, source_volid=self.id
         )
         clone = Volume(record)
-        await backend._operation(clone._create(driver.create_cloned_volume, self._record))
+        await backend._operation(self._locked(
+            self._clone_into(clone, driver.create_cloned_volume, size is None), USABLE, "clone"
+        ))
         return clone
+
+    async def _clone_into(
+        self, clone: Volume, call: Callable[..., ModelUpdate | None], default_size: bool
+    ) -> None:
+        """Create ``clone`` from this volume as stored now (under its lock): if it
+        grew meanwhile, a clone of the default size grows too, a smaller size asked
+        for is refused."""
+        if clone._record.size < self._record.size:
+            if not default_size:
+                raise InvalidArgument(f"size {clone._record.size} is smaller than the "
+                                      f"source's {self._record.size} GiB")
+            clone._record = clone._record.replace(size=self._record.size)
+        await clone._create(call, self._record)
 
     async def create_snapshot(
         self,
@@ -318,7 +333,7 @@ class Volume(Resource[VolumeRecord]):
             user_id=runtime.options.user_id,
         )
         snapshot = Snapshot(record, volume=self)
-        await backend._operation(snapshot._create(driver))
+        await backend._operation(self._locked(snapshot._create(driver), USABLE, "snapshot"))
         return snapshot
 
     async def extend(self, size: int) -> None:
@@ -341,11 +356,16 @@ class Volume(Resource[VolumeRecord]):
                 f"extend needs a size larger than the current {self.size} GiB, got {new_size}"
             )
         self._require_status(USABLE, "extend")
-        await backend._operation(self._extend(store, backend, driver, new_size))
+        await backend._operation(
+            self._locked(self._extend(store, backend, driver, new_size), USABLE, "extend")
+        )
 
     async def _extend(
         self, store: PersistenceStore, backend: Backend, driver: VolumeDriver, new_size: int
     ) -> None:
+        if new_size <= self._record.size:  # grown meanwhile, by another process
+            raise InvalidArgument(f"extend needs a size larger than the current "
+                                  f"{self._record.size} GiB, got {new_size}")
         await self._persist(USABLE, status="extending")
         try:
             await backend._call(driver.extend_volume, self._record, new_size)
@@ -369,7 +389,9 @@ class Volume(Resource[VolumeRecord]):
         store, backend, driver = self._prepare("delete")
         self._require_status(DELETABLE, "delete")
         await self._check_no_dependents(store)
-        await backend._operation(self._delete(store, backend, driver))
+        await backend._operation(
+            self._locked(self._delete(store, backend, driver), DELETABLE, "delete")
+        )
 
     async def _check_no_dependents(self, store: PersistenceStore) -> None:
         snapshots = await store.get_snapshots(volume_id=self.id)
@@ -433,9 +455,10 @@ class Volume(Resource[VolumeRecord]):
         if not isinstance(new, bool):
             raise InvalidArgument(f"new must be True or False, got {new!r}")
         self._require_status(USABLE, "connect")
-        connection, _ = await backend._operation(
-            self._connect_op(store, backend, driver, connector, attach_mode, new)
-        )
+        connection, _ = await backend._operation(self._locked(
+            self._connect_op(store, backend, driver, connector, attach_mode, new),
+            USABLE, "connect",
+        ))
         return connection
 
     async def _connect_op(
@@ -548,7 +571,9 @@ class Volume(Resource[VolumeRecord]):
             )
         except AttachError as exc:
             raise AttachError(f"attaching volume {self.id}: {exc}", resource=self) from exc
-        return await backend._operation(self._attach(store, backend, driver, connector))
+        return await backend._operation(
+            self._locked(self._attach(store, backend, driver, connector), USABLE, "attach")
+        )
 
     async def _attach(self, store: PersistenceStore, backend: Backend, driver: VolumeDriver,
                       connector: dict[str, Any]) -> Connection:
@@ -614,7 +639,9 @@ class Volume(Resource[VolumeRecord]):
                 f"volume {self.id} is not attached on this host by this process",
                 resource=self,
             )
-        await backend._operation(self._detach(store, backend, driver, force, ignore_errors))
+        await backend._operation(
+            self._locked(self._detach(store, backend, driver, force, ignore_errors), None, "detach")
+        )
 
     async def _detach(self, store: PersistenceStore, backend: Backend, driver: VolumeDriver,
                       force: bool, ignore_errors: bool) -> None:
@@ -657,7 +684,9 @@ class Volume(Resource[VolumeRecord]):
             notes).
         """
         store, backend, driver = self._prepare("cleanup")
-        await backend._operation(self._cleanup(store, backend, driver))
+        await backend._operation(
+            self._locked(self._cleanup(store, backend, driver), None, "clean up")
+        )
 
     async def _cleanup(self, store: PersistenceStore, backend: Backend,
                        driver: VolumeDriver) -> None:
