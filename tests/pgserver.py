@@ -35,12 +35,18 @@ started on first use and stopped when the process exits; when none can be had
 it skips the test, or fails it when the environment variable ``CI`` is set (a
 CI run must not pass by skipping the PostgreSQL tests).
 
+A test that takes the server down (an outage) uses :func:`own_server`
+instead: a throwaway server of its own, whatever ``AIOCINDER_TEST_PG_DSN``
+says, that :meth:`PostgresServer.halt` stops and :meth:`PostgresServer.resume`
+starts again on the same port, so DSNs stay valid.
+
 This is a plain module, not a conftest: the pytest fixtures that wrap it live
 in ``tests/persistence/conftest.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import glob
@@ -64,6 +70,7 @@ __all__ = [
     "allow_asyncpg_connect",
     "ServerUnavailable",
     "find_bindir",
+    "own_server",
     "require_server",
     "shared_server",
 ]
@@ -252,6 +259,36 @@ class PostgresServer:
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
 
+    def halt(self, mode: str = "fast") -> None:
+        """Stop a server this object started, keeping its files: an outage.
+
+        :param mode: ``pg_ctl stop -m``: ``fast`` ends sessions cleanly,
+            ``immediate`` as in a crash (the next start recovers).
+        :raises ServerUnavailable: this is an existing server, not ours to stop.
+        """
+        tmpdir = self._own_dir("halt")
+        self._run(
+            "pg_ctl", "-D", str(tmpdir / "data"), "-m", mode, "-w", "stop", cwd=tmpdir
+        )  # fmt: skip
+
+    def resume(self) -> None:
+        """Start a halted server again, on the same port (its DSNs stay valid).
+
+        :raises ServerUnavailable: this is an existing server, or it did not start.
+        """
+        tmpdir = self._own_dir("resume")
+        port = urlsplit(self.dsn).port
+        self._run(
+            "pg_ctl", "-D", str(tmpdir / "data"), "-l", str(tmpdir / "server.log"),
+            "-w", "-t", "60", "-o", f"-p {port}", "start",
+            cwd=tmpdir,
+        )  # fmt: skip
+
+    def _own_dir(self, action: str) -> Path:
+        if self._external or self._tmpdir is None:
+            raise ServerUnavailable(f"cannot {action} a server this test did not start")
+        return self._tmpdir
+
     # -- databases -------------------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -401,3 +438,28 @@ def require_server() -> PostgresServer:
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is required when CI is set: {exc}", pytrace=False)
         pytest.skip(f"no PostgreSQL server: {exc}")
+
+
+@contextlib.asynccontextmanager
+async def own_server() -> AsyncIterator[PostgresServer]:
+    """A throwaway server for one test, which it may halt and resume; stopped after.
+
+    Started and stopped in a worker thread (``pg_ctl`` takes a second). Use its
+    ``dsn`` (the ``postgres`` database) directly: the whole server is thrown
+    away. Skips the test when no server can be started, or fails it under ``CI``.
+    """
+    import pytest
+
+    server = PostgresServer()
+    try:
+        await asyncio.to_thread(server.start)
+    except ServerUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(
+                f"PostgreSQL server binaries are required when CI is set: {exc}", pytrace=False
+            )
+        pytest.skip(f"cannot start a PostgreSQL server of our own: {exc}")
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)

@@ -358,3 +358,90 @@ async def test_two_processes_lose_no_update(shared: dict[str, Any], tmp_path: Pa
         f"{conflicts} conflicts retried"
     )
 
+
+# -- PostgreSQL stopped and started again ----------------------------------------
+
+
+async def _checkpoint(dsn: str) -> None:
+    """Write everything to disk, so that even a crash of the test server keeps it."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
+async def _wait_for_calls(driver: Any, count: int) -> None:
+    async with asyncio.timeout(30):
+        while sum(driver.calls.values()) < count:
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+async def test_operations_live_through_a_postgresql_outage(mode: str, tmp_path: Path) -> None:
+    volumes = tmp_path / "volumes"
+    async with pgserver.own_server() as server:
+        store = await aiocinder.setup(
+            {"storage": "postgresql", "connection": server.dsn, "connect_timeout": 5}
+        )
+        try:
+            gate = threading.Event()
+            gate.set()
+            backend = await aiocinder.Backend(
+                volume_backend_name="files", volume_driver=ScriptedFileDriver,
+                volumes_dir=str(volumes), gate=gate,
+            )  # fmt: skip
+            base = [await backend.create_volume(size=1, name=f"base-{i}") for i in range(4)]
+            driver: Any = backend.driver
+
+            # Operations in flight: each is in its driver call when the server stops.
+            gate.clear()
+            before = sum(driver.calls.values())
+            in_flight = [
+                asyncio.create_task(backend.create_volume(size=1, name="new-0")),
+                asyncio.create_task(backend.create_volume(size=1, name="new-1")),
+                asyncio.create_task(base[0].extend(2)),
+                asyncio.create_task(base[1].create_snapshot(name="snap")),
+                asyncio.create_task(base[2].clone(name="clone")),
+            ]
+            await _wait_for_calls(driver, before + len(in_flight))
+            await _checkpoint(server.dsn)  # the test server does not wait for its disk
+            await asyncio.to_thread(server.halt, mode)
+            gate.set()
+            done, late = await asyncio.wait(in_flight, timeout=60)
+            assert not late, "operations in flight hang after the outage"
+            failures = [task.exception() for task in done if task.exception() is not None]
+            for error in failures:
+                assert isinstance(error, aiocinder.PersistenceError | aiocinder.DriverError), error
+            assert failures, "the outage went unnoticed"
+
+            # Operations started while the server is down fail at once, typed.
+            with pytest.raises(aiocinder.PersistenceError):
+                await backend.create_volume(size=1)
+            with pytest.raises(aiocinder.PersistenceError):
+                await base[3].extend(2)
+            with pytest.raises(aiocinder.PersistenceError):
+                await aiocinder.Volume.get_by_id(base[3].id)
+
+            # Back up: the same setup works, nothing is set up again.
+            await asyncio.to_thread(server.resume)
+            await base[3].extend(2)
+            assert (await aiocinder.Volume.get_by_id(base[3].id)).size == 2
+            vol = await backend.create_volume(size=1, name="after")
+            await vol.extend(3)
+            snap = await vol.create_snapshot()
+            copy = await snap.create_volume()
+            await snap.delete()
+            await copy.delete()
+            await vol.delete()
+
+            # Nothing the driver made is without a record (some say what was in
+            # flight when the server went away: that is their job).
+            stored = {f"volume-{v.id}" for v in await store.get_volumes()}
+            stored |= {f"snapshot-{s.id}" for s in await store.get_snapshots()}
+            assert {p.name for p in volumes.iterdir()} <= stored
+        finally:
+            await aiocinder.shutdown()

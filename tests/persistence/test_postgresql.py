@@ -506,6 +506,52 @@ async def test_a_lock_whose_connection_breaks_is_let_go_quietly(
         assert await _advisory_locks(pg_dsn) == [(lock_id("volume:a"), True)]
 
 
+# -- outage -------------------------------------------------------------------------
+
+
+async def _checkpoint(dsn: str) -> None:
+    """Write everything to disk, so that even a crash of the test server keeps it."""
+    conn = await _admin(dsn)
+    try:
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+@pytest.mark.asyncio
+async def test_the_store_recovers_when_the_server_comes_back(mode: str) -> None:
+    # A server of our own, to take down: statements fail with PersistenceError
+    # while it is down, and the same store works again once it is back.
+    async with pgserver.own_server() as server:
+        dsn = server.dsn
+        store = PostgreSQLStore(dsn, min_size=2, max_size=4, connect_timeout=5)
+        await store.open()
+        try:
+            stored = await store.set_volume(_volume())
+            await _checkpoint(dsn)  # the test server does not wait for its disk (fsync=off...)
+            async with store.lock("volume:vol-1"):
+                await asyncio.to_thread(server.halt, mode)
+                for call in (
+                    store.get_volumes(),
+                    store.set_volume(stored.replace(status="error")),
+                    store.get_key_values(),
+                    _enter_and_leave(store, "volume:other"),
+                ):
+                    with pytest.raises(PersistenceError, match="cannot reach PostgreSQL"):
+                        await call
+                await asyncio.to_thread(server.resume)
+            # the lock's session died with the server: leaving the block is quiet
+            assert await store.get_volumes() == [stored]
+            async with asyncio.timeout(10), store.lock("volume:vol-1"):
+                assert await _advisory_locks(dsn) == [(lock_id("volume:vol-1"), True)]
+            updated = await store.set_volume(stored.replace(status="available"))
+            assert updated.version == 2
+        finally:
+            await store.close()
+
+
 # -- compare-and-swap between processes -----------------------------------------
 
 
