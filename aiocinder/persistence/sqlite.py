@@ -245,6 +245,20 @@ def _ids_json(ids: Collection[str], operation: str) -> str:
     return json.dumps(list(ids))
 
 
+def _daemonise(conn: aiosqlite.Connection) -> None:
+    """Make the connection's worker thread a daemon before it starts.
+
+    aiosqlite's thread is not a daemon, so a program that ends (say, on an
+    exception) without ``shutdown()`` would hang at exit waiting for it. Every
+    statement runs in autocommit and SQLite's journal is crash-safe, so
+    nothing is lost when the thread ends with the interpreter. aiosqlite keeps
+    the thread in a private attribute; if that changes, this does nothing.
+    """
+    thread = getattr(conn, "_thread", None)
+    if isinstance(thread, threading.Thread) and not thread.is_alive():
+        thread.daemon = True
+
+
 def _create_private_file(path: str) -> None:
     """Create ``path`` readable by its owner only, unless it exists (runs in a thread)."""
     try:
@@ -424,7 +438,9 @@ class SQLiteStore(PersistenceStore):
                 except OSError as exc:
                     raise PersistenceError(f"cannot create {self._database!r}: {exc}") from exc
             with map_sqlite_exceptions("SQLiteStore.open()"):
-                conn = await aiosqlite.connect(self._database, isolation_level=None)
+                pending = aiosqlite.connect(self._database, isolation_level=None)
+                _daemonise(pending)
+                conn = await pending
         except BaseException:
             self._opening = None
             raise

@@ -33,7 +33,8 @@ __all__ = ["Backend", "BackendStatistics"]
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
-_SECRET_WORDS = ("password", "secret", "passwd", "token", "private_key", "auth_key")
+_SECRET_WORDS = ("password", "secret", "passwd", "token", "private_key", "auth_key",
+                 "access_key", "jwt", "one_time_pass", "replication_device")
 
 
 def is_secret(option: str) -> bool:

@@ -196,9 +196,10 @@ class Connection(Resource[ConnectionRecord]):
             await backend._call(driver.validate_connector, connector)
             export = await backend._call(driver.create_export, volume.record, connector)
             exported = True
-            conn_info = await backend._call(driver.initialize_connection, volume.record,
-                                            connector)
             volume_changes = model_update(export, VOLUME_UPDATABLE, f"volume {volume.id}")
+            # the driver maps what it just exported (provider_auth...), as in Cinder
+            conn_info = await backend._call(driver.initialize_connection,
+                                            volume.record.replace(**volume_changes), connector)
         except Exception as exc:
             await self._undo_connect(store, backend, driver, volume, exported)
             raise DriverError(

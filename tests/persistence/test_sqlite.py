@@ -704,3 +704,19 @@ async def test_an_unusable_lock_file_is_a_persistence_error(store: SQLiteStore, 
     with pytest.raises(PersistenceError, match="lock file"):
         async with store.lock("volume:a"):
             pass
+
+
+def test_a_program_that_fails_before_shutdown_still_exits(tmp_path: Path) -> None:
+    """aiosqlite's worker thread must not keep a crashed program alive."""
+    script = (
+        "import asyncio, aiocinder\n"
+        "async def main():\n"
+        f"    await aiocinder.setup({{'storage': 'sqlite', "
+        f"'connection': 'sqlite:///{tmp_path}/x.db'}})\n"
+        "    raise RuntimeError('boom')\n"
+        "asyncio.run(main())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1
+    assert "RuntimeError: boom" in result.stderr
