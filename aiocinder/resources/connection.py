@@ -19,10 +19,10 @@ from ..exceptions import (
     InvalidArgument,
     InvalidConnection,
 )
-from ..lazy import Lazy
 from ..persistence.base import PersistenceStore
 from ..records import ConnectionRecord
-from ._base import VOLUME_UPDATABLE, Field, Resource, check_json_mapping, model_update
+from ._base import VOLUME_UPDATABLE, Field, check_json_mapping, model_update
+from ._child import VolumeChild
 from ._runtime import runtime
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ def backend_option(backend_name: str, name: str, default: T) -> T:
     return default
 
 
-class Connection(Resource[ConnectionRecord]):
+class Connection(VolumeChild[ConnectionRecord]):
     """A volume mapped to one host, made with :meth:`Volume.connect`.
 
     ``connector_info`` is the host's os-brick connector properties,
@@ -82,7 +82,7 @@ class Connection(Resource[ConnectionRecord]):
     ``detaching``, ``error_attaching`` or ``error_detaching``.
     """
 
-    __slots__ = ("_volume",)
+    __slots__ = ()
 
     _kind = "connection"
     _not_found = ConnectionNotFound
@@ -99,12 +99,6 @@ class Connection(Resource[ConnectionRecord]):
     user_id = Field[str | None]("User that made the connection.")
     created_at = Field[datetime]("When the connection was made (UTC).")
     updated_at = Field[datetime | None]("When the record last changed (UTC).")
-
-    def __init__(self, record: ConnectionRecord, *, volume: Volume | None = None) -> None:
-        super().__init__(record)
-        self._volume: Lazy[Volume] = Lazy(self._load_volume)
-        if volume is not None:
-            self._volume.set(volume)
 
     @property
     def connector(self) -> Mapping[str, Any]:
@@ -168,22 +162,6 @@ class Connection(Resource[ConnectionRecord]):
         self, store: PersistenceStore, record: ConnectionRecord
     ) -> ConnectionRecord:
         return await store.set_connection(record)
-
-    async def volume(self) -> Volume:
-        """The connected volume (lazy; the very object this connection was reached from).
-
-        :raises VolumeNotFound: the volume is gone.
-        """
-        self._store("volume")
-        return await self._volume.get()
-
-    async def _load_volume(self) -> Volume:
-        from .volume import Volume
-
-        return await Volume.get_by_id(self._record.volume_id)
-
-    def _reset_caches(self) -> None:
-        self._volume.reset()
 
     async def _connect(self, backend: Backend, driver: VolumeDriver, volume: Volume) -> None:
         """Store as ``attaching``, export and map, store the result (an operation body)."""

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 from ..drivers.base import VolumeDriver
 from ..exceptions import DriverError, InvalidSnapshot, SnapshotNotFound
-from ..lazy import Lazy
 from ..persistence.base import PersistenceStore
 from ..records import SnapshotRecord
-from ._base import SNAPSHOT_UPDATABLE, Editable, Field, Resource, model_update
+from ._base import SNAPSHOT_UPDATABLE, Editable, Field, model_update
+from ._child import VolumeChild
 from ._runtime import runtime
 
 if TYPE_CHECKING:
@@ -24,10 +24,10 @@ __all__ = ["Snapshot"]
 DELETABLE = frozenset({"available", "error", "error_deleting"})
 
 
-class Snapshot(Resource[SnapshotRecord]):
+class Snapshot(VolumeChild[SnapshotRecord]):
     """A point-in-time copy of a volume, made with :meth:`Volume.create_snapshot`."""
 
-    __slots__ = ("_volume",)
+    __slots__ = ()
 
     _kind = "snapshot"
     _not_found = SnapshotNotFound
@@ -46,12 +46,6 @@ class Snapshot(Resource[SnapshotRecord]):
     user_id = Field[str | None]("User that created the snapshot.")
     created_at = Field[datetime]("When the snapshot was created (UTC).")
     updated_at = Field[datetime | None]("When the record last changed (UTC).")
-
-    def __init__(self, record: SnapshotRecord, *, volume: Volume | None = None) -> None:
-        super().__init__(record)
-        self._volume: Lazy[Volume] = Lazy(self._load_volume)
-        if volume is not None:
-            self._volume.set(volume)
 
     @classmethod
     async def get_by_id(cls, snapshot_id: str) -> Snapshot:
@@ -79,28 +73,6 @@ class Snapshot(Resource[SnapshotRecord]):
 
     async def _write(self, store: PersistenceStore, record: SnapshotRecord) -> SnapshotRecord:
         return await store.set_snapshot(record)
-
-    async def volume(self) -> Volume:
-        """The snapshotted volume (lazy; the very object this snapshot was reached from).
-
-        :raises VolumeNotFound: the volume is gone.
-        """
-        self._store("volume")
-        return await self._volume.get()
-
-    async def _load_volume(self) -> Volume:
-        from .volume import Volume
-
-        return await Volume.get_by_id(self._record.volume_id)
-
-    def _reset_caches(self) -> None:
-        self._volume.reset()
-
-    def _volume_cache(self) -> Volume | None:
-        from .volume import Volume
-
-        cached = self._volume.peek()
-        return cached if isinstance(cached, Volume) else None
 
     async def _create(self, driver: VolumeDriver) -> None:
         """Store as ``creating``, run the driver, store the result (an operation body)."""
