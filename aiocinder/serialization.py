@@ -19,6 +19,7 @@ from typing import Any
 
 from .exceptions import BackendNotInitialised, InvalidArgument
 from .records import ConnectionRecord, SnapshotRecord, VolumeRecord
+from .resources._base import dumps_json
 from .resources._runtime import runtime
 from .resources.backend import Backend
 from .resources.connection import Connection
@@ -39,7 +40,7 @@ async def dump() -> list[dict[str, Any]]:
 
 async def dumps() -> str:
     """:func:`dump` as a JSON string."""
-    return json.dumps(await dump(), ensure_ascii=False, separators=(",", ":"))
+    return dumps_json(await dump())
 
 
 def _fields(data: Mapping[str, Any], *nested: str) -> dict[str, Any]:

@@ -123,10 +123,41 @@ def volume_lock_key(volume_id: str) -> str:
     return f"volume:{volume_id}"
 
 
-# -- the base class -----------------------------------------------------------
+# -- the base classes ----------------------------------------------------------
 
 
-class Resource(Generic[R]):
+class Serializable:
+    """``json``, ``jsons`` and ``dumps`` from a class's ``to_dict`` and ``dump``."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def dump(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def json(self) -> dict[str, Any]:
+        """Same as :meth:`to_dict`."""
+        return self.to_dict()
+
+    @property
+    def jsons(self) -> str:
+        """:attr:`json` as a JSON string."""
+        return dumps_json(self.to_dict())
+
+    async def dumps(self) -> str:
+        """:meth:`dump` as a JSON string."""
+        return dumps_json(await self.dump())
+
+
+def dumps_json(data: Any) -> str:
+    """Compact JSON, non-ASCII kept as is."""
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+class Resource(Serializable, Generic[R]):
     """A live volume, snapshot or connection wrapping its stored record.
 
     Resources compare equal by type and id. Field changes the caller may make
@@ -328,16 +359,6 @@ class Resource(Generic[R]):
                 data[name] = [item.to_dict() for item in cached]
         return data
 
-    @property
-    def json(self) -> dict[str, Any]:
-        """Same as :meth:`to_dict`."""
-        return self.to_dict()
-
-    @property
-    def jsons(self) -> str:
-        """:attr:`json` as a JSON string."""
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
-
     async def dump(self) -> dict[str, Any]:
         """Load the lazy properties that are serialized, then :meth:`to_dict`."""
         for name in self._serialized_lists:
@@ -345,9 +366,6 @@ class Resource(Generic[R]):
                 await item.dump()
         return self.to_dict()
 
-    async def dumps(self) -> str:
-        """:meth:`dump` as a JSON string."""
-        return json.dumps(await self.dump(), ensure_ascii=False, separators=(",", ":"))
 
 
 class Field(Generic[T]):

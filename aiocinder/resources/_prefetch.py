@@ -7,7 +7,7 @@ query per volume and kind. Lists already loaded are left as they are.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import Final
+from typing import Any, Final
 
 from ..exceptions import InvalidArgument
 from ._runtime import group_by_volume, runtime
@@ -40,21 +40,16 @@ def check_prefetch(prefetch: Collection[str]) -> tuple[str, ...]:
 async def prefetch_lists(volumes: Sequence[Volume], wanted: Collection[str]) -> None:
     """Load the ``wanted`` lazy lists of every volume, one query per kind."""
     store = runtime.store("prefetch")
-    if "snapshots" in wanted:
-        todo = [v for v in volumes if not v._snapshots.loaded]
-        if todo:
-            groups = group_by_volume(
-                await store.get_snapshots_by_volume_ids([v.id for v in todo])
-            )
-            for vol in todo:
-                vol._snapshots.set([Snapshot(r, volume=vol) for r in groups.get(vol.id, ())])
-    if "connections" in wanted:
-        todo = [v for v in volumes if not v._connections.loaded]
-        if todo:
-            cgroups = group_by_volume(
-                await store.get_connections_by_volume_ids([v.id for v in todo])
-            )
-            for vol in todo:
-                vol._connections.set(
-                    [Connection(r, volume=vol) for r in cgroups.get(vol.id, ())]
-                )
+    kinds: tuple[tuple[str, Any, type[Snapshot] | type[Connection]], ...] = (
+        ("snapshots", store.get_snapshots_by_volume_ids, Snapshot),
+        ("connections", store.get_connections_by_volume_ids, Connection),
+    )
+    for name, fetch, cls in kinds:
+        if name not in wanted:
+            continue
+        todo = [v for v in volumes if not getattr(v, f"_{name}").loaded]
+        if not todo:
+            continue
+        groups = group_by_volume(await fetch([v.id for v in todo]))
+        for vol in todo:
+            getattr(vol, f"_{name}").set([cls(r, volume=vol) for r in groups.get(vol.id, ())])

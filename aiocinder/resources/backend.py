@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import enum
-import json
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Generator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -23,7 +22,7 @@ from ..exceptions import (
 from ..lazy import Lazy
 from ..persistence.base import PersistenceStore
 from ..records import VolumeRecord
-from ._base import check_id, check_size, check_specs, check_text
+from ._base import Serializable, check_id, check_size, check_specs, check_text
 from ._prefetch import check_prefetch, prefetch_lists
 from ._runtime import runtime
 from .volume import Volume
@@ -124,7 +123,7 @@ def _load_driver_class(volume_driver: str | type[Any]) -> type[Any]:
     return cls
 
 
-class Backend:
+class Backend(Serializable):
     """One storage backend: a driver instance and the volumes it holds.
 
     Build it with keyword options and ``await`` it (or use ``async with``)::
@@ -350,25 +349,11 @@ class Backend:
             data["volumes"] = [vol.to_dict() for vol in cached]
         return data
 
-    @property
-    def json(self) -> dict[str, Any]:
-        """Same as :meth:`to_dict`."""
-        return self.to_dict()
-
-    @property
-    def jsons(self) -> str:
-        """:attr:`json` as a JSON string."""
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
-
     async def dump(self) -> dict[str, Any]:
         """Load the volumes with their snapshots and connections, then :meth:`to_dict`."""
         for vol in await self.volumes():
             await vol.dump()
         return self.to_dict()
-
-    async def dumps(self) -> str:
-        """:meth:`dump` as a JSON string."""
-        return json.dumps(await self.dump(), ensure_ascii=False, separators=(",", ":"))
 
     # -- calls the resources make -------------------------------------------
 
