@@ -56,13 +56,14 @@ class LagMonitor:
         self.interval = interval
         self.samples: list[float] = []
         self._task: asyncio.Task[None] | None = None
+        self._due = 0.0
 
     async def _sample(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            start = loop.time()
+            self._due = loop.time() + self.interval
             await asyncio.sleep(self.interval)
-            self.samples.append(max(0.0, loop.time() - start - self.interval))
+            self.samples.append(max(0.0, loop.time() - self._due))
 
     async def __aenter__(self) -> LagMonitor:
         self._task = asyncio.get_running_loop().create_task(self._sample())
@@ -72,6 +73,11 @@ class LagMonitor:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         assert self._task is not None
+        # The sampler may be due but not run yet: without this, a blocking
+        # stretch at the very end of the measurement would go unrecorded.
+        late = asyncio.get_running_loop().time() - self._due
+        if late > 0:
+            self.samples.append(late)
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
