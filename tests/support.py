@@ -8,13 +8,37 @@ import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiocinder.drivers.file import FileDriver
 from aiocinder.persistence.sqlite import SQLiteStore
 from aiocinder.records import SnapshotRecord, VolumeRecord
+
+
+def persistence(url: str) -> dict[str, str]:
+    """The persistence_config for a store URL: a PostgreSQL DSN or a SQLite URL."""
+    storage = "postgresql" if url.startswith("postgres") else "sqlite"
+    return {"storage": storage, "connection": url}
+
+
+@contextlib.contextmanager
+def sql_store_url(kind: str, tmp_path: Path) -> Iterator[str]:
+    """A new SQLite file, or a new database on the tests' PostgreSQL server."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'aiocinder.sqlite'}"
+        return
+    import pgserver
+
+    database = pgserver.require_server().database()
+    with asyncio.Runner() as runner:
+        dsn = runner.run(database.__aenter__())
+        try:
+            yield dsn
+        finally:
+            runner.run(database.__aexit__(None, None, None))
 
 
 class ArrayFault(RuntimeError):

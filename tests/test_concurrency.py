@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 from conftest import LOOP_LAGS
-from support import LagMonitor, ScriptedFileDriver
+from support import LagMonitor, ScriptedFileDriver, persistence
 
 import aiocinder
 
@@ -96,7 +96,7 @@ async def test_cancelled_delete_still_matches_the_files(
 
 
 async def test_shutdown_waits_for_operations_in_flight(db_url: str, tmp_path: Path) -> None:
-    await aiocinder.setup({"storage": "sqlite", "connection": db_url})
+    await aiocinder.setup(persistence(db_url))
     gate = threading.Event()
     backend = await gated_backend(tmp_path, gate)
     task = asyncio.ensure_future(backend.create_volume(1, name="late"))
@@ -111,7 +111,7 @@ async def test_shutdown_waits_for_operations_in_flight(db_url: str, tmp_path: Pa
     await closing
     await aiocinder.shutdown()  # idempotent
 
-    store = await aiocinder.setup({"storage": "sqlite", "connection": db_url})
+    store = await aiocinder.setup(persistence(db_url))
     try:
         (record,) = await store.get_volumes(volume_name="late")
         assert record.status == "available"
@@ -183,7 +183,7 @@ async def test_async_with_stops_and_unregisters(
 
 
 async def test_shutdown_waits_for_a_backend_still_starting(db_url: str, tmp_path: Path) -> None:
-    await aiocinder.setup({"storage": "sqlite", "connection": db_url})
+    await aiocinder.setup(persistence(db_url))
     gate = threading.Event()
 
     class SlowSetup(ScriptedFileDriver):

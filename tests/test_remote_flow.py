@@ -11,6 +11,7 @@ file. The test drives them line by line over their stdin/stdout.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import pgserver
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +34,10 @@ COMMON = textwrap.dedent(
     import asyncio, json, sys
 
     import aiocinder
+
+    def persistence(url):
+        return {"storage": "postgresql" if url.startswith("postgres") else "sqlite",
+                "connection": url}
 
     def say(**message):
         print(json.dumps(message), flush=True)
@@ -47,8 +53,8 @@ COMMON = textwrap.dedent(
 NODE = COMMON + textwrap.dedent(
     """\
     async def main(db_url, payload):
-        await aiocinder.setup({"storage": "sqlite", "connection": db_url},
-                              fail_on_missing_backend=False, host="node-1")
+        await aiocinder.setup(persistence(db_url), fail_on_missing_backend=False,
+                              host="node-1")
         try:
             props = await aiocinder.get_connector_properties()
             store = aiocinder.Backend.persistence
@@ -82,7 +88,7 @@ NODE = COMMON + textwrap.dedent(
 CONTROLLER = COMMON + textwrap.dedent(
     """\
     async def main(db_url, volumes_dir):
-        await aiocinder.setup({"storage": "sqlite", "connection": db_url}, host="controller")
+        await aiocinder.setup(persistence(db_url), host="controller")
         try:
             backend = await aiocinder.Backend(
                 "files", volume_driver="aiocinder.drivers.file.FileDriver",
@@ -198,10 +204,25 @@ def peers() -> Iterator[list[Peer]]:
         peer.kill()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """One store both processes use: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'shared.sqlite'}"
+        return
+    database = pgserver.require_server().database()
+    with asyncio.Runner() as runner:
+        dsn = runner.run(database.__aenter__())
+        try:
+            yield dsn
+        finally:
+            runner.run(database.__aexit__(None, None, None))
+
+
 def test_node_attaches_what_the_controller_connected(
-    tmp_path: Path, peers: list[Peer]
+    tmp_path: Path, peers: list[Peer], shared_url: str
 ) -> None:
-    db_url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    db_url = shared_url
     volumes_dir = tmp_path / "volumes"
     (tmp_path / "node.py").write_text(NODE, encoding="utf-8")
     (tmp_path / "controller.py").write_text(CONTROLLER, encoding="utf-8")

@@ -6,11 +6,19 @@ import json
 from typing import Any
 
 import pytest
+from support import ScriptedFileDriver, persistence, sql_store_url
 
 import aiocinder
 from aiocinder.persistence import PersistenceStore
 
 pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    """Every test here runs on both SQL stores."""
+    with sql_store_url(request.param, tmp_path) as url:
+        yield url
 
 
 async def populated(backend: aiocinder.Backend) -> aiocinder.Volume:
@@ -61,9 +69,7 @@ async def test_module_dump_and_backend_name_only(backend: aiocinder.Backend) -> 
 
 
 async def test_all_backend_info_never_shows_secrets(db_url: str, tmp_path: Any) -> None:
-    from support import ScriptedFileDriver
-
-    await aiocinder.setup({"storage": "sqlite", "connection": db_url},
+    await aiocinder.setup(persistence(db_url),
                           output_all_backend_info=True)
     try:
         backend = await aiocinder.Backend(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import CountingSQLiteStore, ScriptedFileDriver
+from support import CountingSQLiteStore, ScriptedFileDriver, persistence, sql_store_url
 
 import aiocinder
 
@@ -40,13 +41,20 @@ async def populate(backend: aiocinder.Backend, count: int) -> None:
 
 
 async def start(db_url: str, volumes_dir: Path) -> aiocinder.Backend:
-    await aiocinder.setup({"storage": "sqlite", "connection": db_url})
+    await aiocinder.setup(persistence(db_url))
     return await aiocinder.Backend(
         "files", volume_driver=ScriptedFileDriver, volumes_dir=str(volumes_dir)
     )
 
 
-async def test_tracking_loop_survives_a_restart(db_url: str, tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with sql_store_url(request.param, tmp_path) as url:
+        yield url
+
+
+async def test_tracking_loop_survives_a_restart(shared_url: str, tmp_path: Path) -> None:
+    db_url = shared_url
     backend = await start(db_url, tmp_path / "v")
     try:
         await populate(backend, 4)

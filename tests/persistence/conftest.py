@@ -14,7 +14,6 @@ from pathlib import Path
 import pgserver
 import pytest
 import pytest_asyncio
-from blockbuster import BlockBuster
 
 from aiocinder.persistence.base import PersistenceStore
 from aiocinder.persistence.memory import MemoryStore
@@ -54,12 +53,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     """A new, opened store of each kind; closed after the test."""
     async with STORE_FACTORIES[request.param](tmp_path) as opened:
         yield opened
-
-
-@pytest.fixture(autouse=True)
-def _asyncpg_may_check_its_files(blockbuster: BlockBuster) -> None:
-    """asyncpg stats ~/.pgpass and ~/.postgresql/* on the loop for each new connection."""
-    pgserver.allow_asyncpg_connect(blockbuster)
 
 
 @pytest.fixture(scope="session")
