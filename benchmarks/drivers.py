@@ -12,6 +12,7 @@ the baseline. Event-loop lag is sampled meanwhile.
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import tempfile
 import time
@@ -49,6 +50,7 @@ async def run_one(calls: int, latency: float, limit: int) -> dict[str, Any]:
             )
             # Warm up: the worker threads exist before the clock starts.
             await asyncio.gather(*(backend.create_volume(1) for _ in range(limit)))
+            gc.collect()  # garbage left by earlier benchmarks is not this one's cost
             async with LagMonitor() as lag:
                 start = time.perf_counter()
                 volumes = await asyncio.gather(
