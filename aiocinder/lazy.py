@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Final, Generic, TypeVar, cast
+from typing import Any, Final, Generic, TypeVar, cast
 
 __all__ = ["MISSING", "Lazy"]
 
@@ -55,12 +55,15 @@ class _Slot(Generic[T]):
 class Lazy(Generic[T]):
     """A value loaded on first await, cached, and shared by concurrent awaiters.
 
-    :param loader: a coroutine function that loads the value.
+    :param loader: a coroutine function called with the owner passed to
+        :meth:`get` (an unbound method, say). The owner is not stored: a bound
+        method here would make every owner a reference cycle, left for the
+        garbage collector, which costs bulk scans dearly.
     """
 
     __slots__ = ("_loader", "_slot")
 
-    def __init__(self, loader: Callable[[], Awaitable[T]]) -> None:
+    def __init__(self, loader: Callable[[Any], Awaitable[T]]) -> None:
         self._loader = loader
         self._slot: _Slot[T] = _Slot()
 
@@ -81,8 +84,10 @@ class Lazy(Generic[T]):
         """Drop the cached value; the next await loads again."""
         self._slot = _Slot()
 
-    async def get(self) -> T:
+    async def get(self, owner: Any) -> T:
         """The cached value, loading it first if needed (one load for all awaiters).
+
+        :param owner: the object the value belongs to, passed to the loader.
 
         :raises Exception: whatever the loader raised; nothing is cached then.
         """
@@ -91,15 +96,15 @@ class Lazy(Generic[T]):
             return cast(T, slot.value)
         task = slot.task
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._load(slot))
+            task = asyncio.get_running_loop().create_task(self._load(slot, owner))
             slot.task = task
             _running.add(cast("asyncio.Task[object]", task))
             task.add_done_callback(_forget)
         return await asyncio.shield(task)
 
-    async def _load(self, slot: _Slot[T]) -> T:
+    async def _load(self, slot: _Slot[T], owner: Any) -> T:
         try:
-            value = await self._loader()
+            value = await self._loader(owner)
         finally:
             slot.task = None
         slot.value = value

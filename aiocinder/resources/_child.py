@@ -26,7 +26,7 @@ class VolumeChild(Resource[C]):
 
     def __init__(self, record: C, *, volume: Volume | None = None) -> None:
         super().__init__(record)  # type: ignore[arg-type]  # mypy: constrained TypeVar
-        self._volume: Lazy[Volume] = Lazy(self._load_volume)
+        self._volume: Lazy[Volume] = Lazy(VolumeChild._load_volume)
         if volume is not None:
             self._volume.set(volume)
 
@@ -36,7 +36,7 @@ class VolumeChild(Resource[C]):
         :raises VolumeNotFound: the volume is gone.
         """
         self._store("volume")
-        return await self._volume.get()
+        return await self._volume.get(self)
 
     async def _load_volume(self) -> Volume:
         from .volume import Volume

@@ -184,7 +184,7 @@ class Backend(Serializable):
         self._state = BackendState.NEW
         self._generation = runtime.generation
         self._operations: set[asyncio.Task[Any]] = set()
-        self._volumes: Lazy[list[Volume]] = Lazy(self._load_volumes)
+        self._volumes: Lazy[list[Volume]] = Lazy(Backend._load_volumes)
         self._entered: Backend = self
 
     # -- lifecycle ---------------------------------------------------------
@@ -414,7 +414,7 @@ class Backend(Serializable):
         """
         runtime.check("Backend.volumes()", self._generation)
         wanted = check_prefetch(prefetch)
-        volumes = await self._volumes.get()
+        volumes = await self._volumes.get(self)
         if wanted:
             await prefetch_lists(volumes, wanted)
         return list(volumes)

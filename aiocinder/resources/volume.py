@@ -119,13 +119,12 @@ class Volume(Resource[VolumeRecord]):
 
     def __init__(self, record: VolumeRecord) -> None:
         super().__init__(record)
-        self._snapshots: Lazy[list[Snapshot]] = Lazy(self._load_snapshots)
-        self._connections: Lazy[list[Connection]] = Lazy(self._load_connections)
+        self._snapshots: Lazy[list[Snapshot]] = Lazy(Volume._load_snapshots)
+        self._connections: Lazy[list[Connection]] = Lazy(Volume._load_connections)
         #: Connections this object returned (connect, attach), so a reused
-        #: connection comes back as the same object.
-        self._handed_out: weakref.WeakValueDictionary[str, Connection] = (
-            weakref.WeakValueDictionary()
-        )
+        #: connection comes back as the same object (made on first use: most
+        #: volumes of a bulk scan never need it).
+        self._handed_out: weakref.WeakValueDictionary[str, Connection] | None = None
 
     @property
     def volume_type(self) -> VolumeType:
@@ -173,12 +172,12 @@ class Volume(Resource[VolumeRecord]):
     async def snapshots(self) -> list[Snapshot]:
         """The volume's snapshots (lazy; a new list on every await)."""
         self._store("snapshots")
-        return list(await self._snapshots.get())
+        return list(await self._snapshots.get(self))
 
     async def connections(self) -> list[Connection]:
         """The volume's connections (lazy; a new list on every await)."""
         self._store("connections")
-        return list(await self._connections.get())
+        return list(await self._connections.get(self))
 
     async def _load_snapshots(self) -> list[Snapshot]:
         from .snapshot import Snapshot
@@ -504,7 +503,7 @@ class Volume(Resource[VolumeRecord]):
             user_id=runtime.options.user_id,
         )
         connection = Connection(record, volume=self)
-        self._handed_out[connection.id] = connection
+        self._hand_out(connection)
         await connection._connect(backend, driver, self)
         return connection, True
 
@@ -516,7 +515,7 @@ class Volume(Resource[VolumeRecord]):
         local = self.local_attach
         if local is not None and local.id == record.id:
             return local
-        candidates = list(self._handed_out.values())
+        candidates = list(self._handed_out.values()) if self._handed_out else []
         cached = self._connections.peek()
         if isinstance(cached, list):
             candidates += cached
@@ -526,8 +525,13 @@ class Volume(Resource[VolumeRecord]):
                 return connection
         connection = Connection(record, volume=self)
         self._cache_add(self._connections, connection)
-        self._handed_out[connection.id] = connection
+        self._hand_out(connection)
         return connection
+
+    def _hand_out(self, connection: Connection) -> None:
+        if self._handed_out is None:
+            self._handed_out = weakref.WeakValueDictionary()
+        self._handed_out[connection.id] = connection
 
     # -- on this host, through os-brick -------------------------------------------
 
