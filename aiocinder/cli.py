@@ -21,6 +21,7 @@ from .exceptions import AiocinderError, InvalidArgument
 from .importer import ImportTally, import_cinderlib
 from .persistence.base import PersistenceStore, create_store
 from .persistence.copy import copy_store
+from .resources._prefetch import PREFETCHABLE, prefetch_lists
 from .resources.backend import Backend
 from .resources.volume import Volume, load_volume
 
@@ -32,6 +33,7 @@ DEMO_BACKEND = "demo"
 async def print_scan(volumes: Sequence[Volume]) -> tuple[int, int, int]:
     """Print the resource-tracking scan of ``volumes``; return the numbers of
     volumes, snapshots and connections seen."""
+    await prefetch_lists(volumes, PREFETCHABLE)  # one query per kind, not per volume
     snapshots = connections = 0
     for vol in volumes:
         print(f"volume {vol.id}  {vol.name or '-':<14} {vol.size:>3} GiB  {vol.status:<10} "

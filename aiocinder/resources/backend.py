@@ -23,7 +23,7 @@ from ..lazy import Lazy
 from ..persistence.base import PersistenceStore
 from ..records import VolumeRecord
 from ._base import Serializable, check_id, check_size, check_specs, check_text
-from ._prefetch import check_prefetch, prefetch_lists
+from ._prefetch import PREFETCHABLE, check_prefetch, prefetch_lists
 from ._runtime import runtime
 from .volume import Volume
 
@@ -350,9 +350,11 @@ class Backend(Serializable):
         return data
 
     async def dump(self) -> dict[str, Any]:
-        """Load the volumes with their snapshots and connections, then :meth:`to_dict`."""
-        for vol in await self.volumes():
-            await vol.dump()
+        """Load the volumes with their snapshots and connections, then :meth:`to_dict`.
+
+        Three queries whatever the number of volumes (see ``prefetch``).
+        """
+        await self.volumes(prefetch=PREFETCHABLE)
         return self.to_dict()
 
     # -- calls the resources make -------------------------------------------

@@ -387,7 +387,6 @@ class Volume(Resource[VolumeRecord]):
         """
         store, backend, driver = self._prepare("delete")
         self._require_status(DELETABLE, "delete")
-        await self._check_no_dependents(store)
         await backend._operation(
             self._locked(self._delete(store, backend, driver), DELETABLE, "delete")
         )
@@ -404,14 +403,9 @@ class Volume(Resource[VolumeRecord]):
 
     async def _delete(self, store: PersistenceStore, backend: Backend,
                       driver: VolumeDriver) -> None:
-        previous = self._record.status
+        # under the volume's lock: no snapshot or connection can appear meanwhile
+        await self._check_no_dependents(store)
         await self._persist(DELETABLE, status="deleting")
-        try:
-            # a snapshot or connection may have been made between the check and now
-            await self._check_no_dependents(store)
-        except InvalidVolume:
-            await self._persist(status=previous)
-            raise
         try:
             await backend._call(driver.delete_volume, self._record)
         except Exception as exc:
