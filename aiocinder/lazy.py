@@ -4,12 +4,15 @@
 every task that awaits it at the same time (single flight). :class:`Lazy`
 holds the state for one property of one object:
 
-* the load runs in a task of its own, so an awaiter that is cancelled does
-  not cancel a load other awaiters share; if the load itself fails or is
-  cancelled, nothing is cached and the next await loads again;
-* :meth:`Lazy.reset` (what ``refresh()`` calls) swaps in a fresh slot rather
-  than clearing the current one, so a load that finishes after the reset
-  lands in the discarded slot and is not cached.
+* the load runs in a task of its own, and each awaiter waits on a future of
+  its own that the load resolves directly: an awaiter that is cancelled does
+  not cancel the load the others share, and the result reaches them without
+  extra turns of the event loop;
+* if the load fails, every awaiter gets the error and nothing is cached: the
+  next await loads again;
+* :meth:`Lazy.reset` (what ``refresh()`` calls) forgets the load in flight, so
+  a load that finishes after the reset still answers its own awaiters but is
+  not cached.
 """
 
 from __future__ import annotations
@@ -30,26 +33,21 @@ class _Missing:
         return "MISSING"
 
 
-#: Marks a slot that holds no value yet.
+#: Marks a lazy value not loaded yet.
 MISSING: Final = _Missing()
 
 # Load tasks are referenced here while they run: asyncio keeps only weak
 # references to tasks, and every awaiter may have been cancelled.
-_running: set[asyncio.Task[object]] = set()
+_running: set[asyncio.Task[None]] = set()
 
 
-def _forget(task: asyncio.Task[object]) -> None:
-    _running.discard(task)
-    if not task.cancelled():
-        task.exception()  # retrieved: its awaiters, if any, got it already
+class _Load(Generic[T]):
+    """One load in flight and the futures of the tasks awaiting it."""
 
+    __slots__ = ("waiters",)
 
-class _Slot(Generic[T]):
-    __slots__ = ("task", "value")
-
-    def __init__(self, value: T | _Missing = MISSING) -> None:
-        self.value: T | _Missing = value
-        self.task: asyncio.Task[T] | None = None
+    def __init__(self, first: asyncio.Future[T]) -> None:
+        self.waiters = [first]
 
 
 class Lazy(Generic[T]):
@@ -61,28 +59,31 @@ class Lazy(Generic[T]):
         garbage collector, which costs bulk scans dearly.
     """
 
-    __slots__ = ("_loader", "_slot")
+    __slots__ = ("_load", "_loader", "_value")
 
     def __init__(self, loader: Callable[[Any], Awaitable[T]]) -> None:
         self._loader = loader
-        self._slot: _Slot[T] = _Slot()
+        self._value: T | _Missing = MISSING
+        self._load: _Load[T] | None = None
 
     @property
     def loaded(self) -> bool:
         """Whether a value is cached."""
-        return self._slot.value is not MISSING
+        return self._value is not MISSING
 
     def peek(self) -> T | _Missing:
         """The cached value, or :data:`MISSING`, without loading."""
-        return self._slot.value
+        return self._value
 
     def set(self, value: T) -> None:
-        """Cache ``value`` as if it had been loaded (a load in flight is discarded)."""
-        self._slot = _Slot(value)
+        """Cache ``value`` as if it had been loaded (a load in flight is not cached)."""
+        self._value = value
+        self._load = None
 
     def reset(self) -> None:
         """Drop the cached value; the next await loads again."""
-        self._slot = _Slot()
+        self._value = MISSING
+        self._load = None
 
     async def get(self, owner: Any) -> T:
         """The cached value, loading it first if needed (one load for all awaiters).
@@ -91,25 +92,44 @@ class Lazy(Generic[T]):
 
         :raises Exception: whatever the loader raised; nothing is cached then.
         """
-        slot = self._slot
-        if slot.value is not MISSING:
-            return cast(T, slot.value)
-        task = slot.task
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._load(slot, owner))
-            slot.task = task
-            _running.add(cast("asyncio.Task[object]", task))
-            task.add_done_callback(_forget)
-        return await asyncio.shield(task)
+        value = self._value
+        if value is not MISSING:
+            return cast(T, value)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[T] = loop.create_future()
+        load = self._load
+        if load is None:
+            load = self._load = _Load(waiter)
+            task = loop.create_task(self._run(load, owner))
+            _running.add(task)
+            task.add_done_callback(_running.discard)
+        else:
+            load.waiters.append(waiter)
+        return await waiter
 
-    async def _load(self, slot: _Slot[T], owner: Any) -> T:
+    async def _run(self, load: _Load[T], owner: Any) -> None:
         try:
             value = await self._loader(owner)
-        finally:
-            slot.task = None
-        slot.value = value
-        return value
+        except BaseException as exc:
+            if self._load is load:
+                self._load = None
+            for waiter in load.waiters:
+                if waiter.done():
+                    continue  # its awaiter was cancelled
+                if isinstance(exc, asyncio.CancelledError):
+                    waiter.cancel()
+                else:
+                    waiter.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if self._load is load:
+            self._value = value
+            self._load = None
+        for waiter in load.waiters:
+            if not waiter.done():
+                waiter.set_result(value)
 
     def __repr__(self) -> str:
-        state = "loading" if self._slot.task else repr(self._slot.value)
+        state = "loading" if self._load is not None else repr(self._value)
         return f"<Lazy {state}>"

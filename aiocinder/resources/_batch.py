@@ -1,11 +1,12 @@
-"""Coalescing: lazy loads awaited at the same time share one batched query.
+"""Coalescing: loads awaited at the same time share one batched query.
 
-When many tasks await ``vol.snapshots()`` on different volumes at once (an
-``asyncio.gather`` over a backend, a task group), each load asks the
-:class:`Coalescer` for its key. Keys asked for during one turn of the event
-loop are fetched together on the next turn, with one query per
-``max_batch`` keys, and each waiter gets its own share. A lone request costs
-one extra loop turn and still goes through the store's single-key query.
+When many tasks ask a :class:`Coalescer` for keys at once (an
+``asyncio.gather`` of ``vol.snapshots()`` over a backend, a task group), the
+first request of a turn of the event loop is fetched at once, by itself, and
+the keys asked for during the rest of that turn are fetched together on the
+next turn, one query per ``max_batch`` keys; each waiter gets its own share.
+A lone request, the sequential case, so costs one query and no extra turn.
+A request for a key already being fetched waits for that fetch.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class Coalescer(Generic[K, V]):
 
     :param fetch_many: fetch a batch of keys; returns a value for each key it
         knows (a missing key gets ``default``).
-    :param fetch_one: fetch one key (used when a batch holds a single key).
+    :param fetch_one: fetch one key (a request alone in its turn, or a batch
+        of one).
     :param default: the value for keys ``fetch_many`` did not return.
     :param max_batch: the most keys one fetch asks for.
     """
@@ -41,27 +43,69 @@ class Coalescer(Generic[K, V]):
         self._fetch_one = fetch_one
         self._default = default
         self._max_batch = max_batch
+        #: Keys waiting for the next batch, with their waiters.
         self._pending: dict[K, list[asyncio.Future[V]]] = {}
-        self._scheduled = False
+        self._flush_scheduled = False
+        #: Keys being fetched (alone or in a batch), with the waiters that joined.
+        self._in_flight: dict[K, list[asyncio.Future[V]]] = {}
+        #: Whether a request fetched at once during this turn is still in flight.
+        self._turn_taken = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def get(self, key: K) -> V:
         """The value for ``key``, fetched together with other keys asked for now."""
         loop = asyncio.get_running_loop()
+        joined = self._in_flight.get(key)
+        if joined is None and not (self._turn_taken or self._pending):
+            return await self._fetch_alone(loop, key)
         future: asyncio.Future[V] = loop.create_future()
-        self._pending.setdefault(key, []).append(future)
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
+        if joined is not None:
+            joined.append(future)
+        else:
+            self._pending.setdefault(key, []).append(future)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(self._flush)
         return await future
 
+    async def _fetch_alone(self, loop: asyncio.AbstractEventLoop, key: K) -> V:
+        """Fetch ``key`` in the caller's task: the first request of this turn."""
+        self._turn_taken = True
+        loop.call_soon(self._end_turn)
+        joined: list[asyncio.Future[V]] = []
+        self._in_flight[key] = joined
+        try:
+            value = await self._fetch_one(key)
+        except Exception as exc:
+            _fail(joined, exc)
+            raise
+        except BaseException:
+            # The caller was cancelled: the waiters that joined fetch again.
+            for future in joined:
+                self._pending.setdefault(key, []).append(future)
+            if joined and not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(self._flush)
+            raise
+        finally:
+            del self._in_flight[key]
+            self._turn_taken = False  # done within its turn: the next one may go alone too
+        for future in joined:
+            if not future.done():
+                future.set_result(value)
+        return value
+
+    def _end_turn(self) -> None:
+        self._turn_taken = False
+
     def _flush(self) -> None:
-        self._scheduled = False
+        self._flush_scheduled = False
         pending, self._pending = self._pending, {}
         keys = list(pending)
         loop = asyncio.get_running_loop()
         for start in range(0, len(keys), self._max_batch):
             batch = {k: pending[k] for k in keys[start:start + self._max_batch]}
+            self._in_flight.update(batch)
             task = loop.create_task(self._serve(batch))
             self._tasks.add(task)  # keep it referenced: its waiters may all be gone
             task.add_done_callback(self._tasks.discard)
@@ -75,16 +119,22 @@ class Coalescer(Generic[K, V]):
             else:
                 values = await self._fetch_many(list(batch))
         except BaseException as exc:
-            for futures in batch.values():
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(exc)
-                        future.exception()  # retrieved: a cancelled waiter cannot
+            for key, futures in batch.items():
+                del self._in_flight[key]
+                _fail(futures, exc)
             if not isinstance(exc, Exception):
                 raise
             return
         for key, futures in batch.items():
+            del self._in_flight[key]
             value = values[key] if key in values else self._default()
             for future in futures:
                 if not future.done():
                     future.set_result(value)
+
+
+def _fail(futures: list[asyncio.Future[V]], exc: BaseException) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(exc)
+            future.exception()  # retrieved: a cancelled waiter cannot
