@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,31 @@ async def test_identity_through_lazy_properties(backend: aiocinder.Backend) -> N
     any_vol = (await backend.volumes())[0]
     again = await aiocinder.Volume.get_by_id(any_vol.id)
     assert again == any_vol and again is not any_vol
+
+
+async def test_scanned_volumes_are_freed_without_the_garbage_collector(
+    backend: aiocinder.Backend,
+) -> None:
+    await populate(backend, 3)
+    await scan(backend)
+    volumes = await backend.volumes(prefetch=("snapshots", "connections"))
+    children = []
+    for vol in volumes:
+        for child in (*await vol.snapshots(), *await vol.connections()):
+            assert await child.volume() is vol
+            children.append(child)
+    del vol
+    refs = [weakref.ref(v) for v in volumes]
+    gc.disable()
+    try:
+        del volumes
+        await backend.refresh()
+        assert all(ref() is None for ref in refs), "a volume was kept alive by a cycle"
+    finally:
+        gc.enable()
+    # a child that outlives its volume loads the volume again when asked
+    again = await children[0].volume()
+    assert again.id == children[0].volume_id and again is await children[0].volume()
 
 
 async def test_concurrent_first_awaits_share_one_read(db_url: str, tmp_path: Path) -> None:
