@@ -7,6 +7,10 @@ Each volume has 2 snapshots and 1 connection. Three ways to read them:
   volume's snapshots and connections, and each one's ``volume()``);
 * ``concurrent scan``: the volumes' ``snapshots()`` and ``connections()``
   awaited all at once with ``asyncio.gather``;
+* ``worker scan``: the same, by :data:`WORKERS` tasks of a task group that
+  take the volumes one by one, the way a service bounds its concurrency;
+* ``gather of no-ops``: ``asyncio.gather`` over 2N coroutines that do
+  nothing, for what the caller's own gather costs in time and loop lag;
 * ``prefetched scan``: ``backend.volumes(prefetch=("snapshots", "connections"))``
   then the same walk, served from the caches;
 * ``floor``: the same rows read with 3 plain queries into dicts, with the
@@ -47,6 +51,8 @@ STORES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 #: A PostgreSQL server to measure on instead of a throwaway one.
 PG_DSN_ENV = "AIOCINDER_BENCH_PG_DSN"
 _TABLES = ("volumes", "snapshots", "connections")
+#: Tasks of the worker scan.
+WORKERS = 64
 
 
 @dataclass
@@ -98,6 +104,30 @@ async def concurrent_scan(backend: aiocinder.Backend) -> int:
     return sum(len(r) for r in results)
 
 
+async def worker_scan(backend: aiocinder.Backend) -> int:
+    await backend.refresh()
+    volumes = iter(await backend.volumes())
+    seen = 0
+
+    async def worker() -> None:
+        nonlocal seen
+        for vol in volumes:  # shared: each volume goes to one worker
+            found = len(await vol.snapshots()) + len(await vol.connections())
+            seen += found  # not `seen += await ...`: that reads `seen` before awaiting
+
+    async with asyncio.TaskGroup() as group:
+        for _ in range(WORKERS):
+            group.create_task(worker())
+    return seen
+
+
+async def gather_noops(n: int) -> int:
+    async def noop() -> int:
+        return 1
+
+    return sum(await asyncio.gather(*(noop() for _ in range(2 * n))))
+
+
 async def prefetched_scan(backend: aiocinder.Backend) -> int:
     await backend.refresh()
     seen = 0
@@ -135,20 +165,24 @@ async def timed(fn: Callable[[], Awaitable[int]], expected: int, repeat: int
     """Best of ``repeat`` runs, and the loop lag samples taken meanwhile."""
     lags: list[float] = []
     loop = asyncio.get_running_loop()
+    running = True
 
     async def monitor() -> None:
-        while True:
+        while running:
             start = loop.time()
             await asyncio.sleep(0.001)
             lags.append(max(0.0, loop.time() - start - 0.001))
 
     best = float("inf")
     for _ in range(repeat):
+        running = True
         task = loop.create_task(monitor())
+        await asyncio.sleep(0)  # the monitor's first sample starts before the work
         start = time.perf_counter()
         got = await fn()
         best = min(best, time.perf_counter() - start)
-        task.cancel()
+        running = False
+        await task  # its last sample may hold the work's last stall
         assert got == expected, (got, expected)
     return best, lags
 
@@ -182,6 +216,8 @@ async def _measure(n: int, repeat: int, tmp: Path, config: dict[str, Any]) -> li
         for name, fn, expected in (
             ("documented loop", lambda: documented_loop(backend), 3 * n),
             ("concurrent scan", lambda: concurrent_scan(backend), 3 * n),
+            ("worker scan", lambda: worker_scan(backend), 3 * n),
+            ("gather of no-ops", lambda: gather_noops(n), 2 * n),
             ("prefetched scan", lambda: prefetched_scan(backend), 3 * n),
         ):
             seconds, lags = await timed(fn, expected, repeat)
