@@ -13,6 +13,7 @@ import pytest_asyncio
 from support import CountingSQLiteStore, ScriptedFileDriver
 
 import aiocinder
+from aiocinder.records import SnapshotRecord, VolumeRecord
 
 pytestmark = pytest.mark.asyncio
 N = 30
@@ -124,3 +125,38 @@ async def test_bad_prefetch_is_refused(counted: tuple[Any, Any], bad: Any) -> No
     backend, _ = counted
     with pytest.raises(aiocinder.InvalidArgument, match="prefetch"):
         await backend.volumes(prefetch=bad)
+
+
+async def test_building_thousands_of_objects_gives_the_loop_turns(tmp_path: Path) -> None:
+    """Listing and prefetching build objects a slice per turn: a task running
+    beside them gets turns in between (the memory store answers at once, so
+    the turns are the resource layer's own)."""
+    store = await aiocinder.setup({"storage": "memory"})
+    try:
+        backend = await aiocinder.Backend(
+            "files", volume_driver=ScriptedFileDriver, volumes_dir=str(tmp_path / "v")
+        )
+        count = 1500
+        for i in range(count):
+            await store.set_volume(VolumeRecord(id=f"v{i:05d}", backend_name="files", size=1))
+            await store.set_snapshot(SnapshotRecord(
+                id=f"s{i:05d}", volume_id=f"v{i:05d}", backend_name="files", volume_size=1))
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        ticks = 0
+        volumes = await backend.volumes(prefetch=("snapshots",))
+        task.cancel()
+        assert len(volumes) == count
+        assert [len(await v.snapshots()) for v in volumes] == [1] * count
+        # 1,500 volumes and 1,500 snapshot lists, 256 per turn: 5 turns each way at least
+        assert ticks >= 10, ticks
+    finally:
+        await aiocinder.shutdown()

@@ -12,10 +12,10 @@ A request for a key already being fetched waits for that fetch.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Generic, TypeVar
 
-__all__ = ["Coalescer"]
+__all__ = ["Coalescer", "build_all", "in_chunks"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -138,3 +138,28 @@ def _fail(futures: list[asyncio.Future[V]], exc: BaseException) -> None:
         if not future.done():
             future.set_exception(exc)
             future.exception()  # retrieved: a cancelled waiter cannot
+
+
+
+#: Items handled per turn of the event loop when thousands are handled at once.
+BUILD_CHUNK = 256
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+async def in_chunks(items: Sequence[A]) -> AsyncIterator[Sequence[A]]:
+    """``items`` in slices of :data:`BUILD_CHUNK`, with a turn of the event loop
+    between slices, so building thousands of objects does not stall it."""
+    for start in range(0, len(items), BUILD_CHUNK):
+        if start:
+            await asyncio.sleep(0)
+        yield items[start:start + BUILD_CHUNK]
+
+
+async def build_all(make: Callable[[A], B], items: Sequence[A]) -> list[B]:
+    """``[make(item) for item in items]``, a slice per turn (see :func:`in_chunks`)."""
+    built: list[B] = []
+    async for chunk in in_chunks(items):
+        built += map(make, chunk)
+    return built

@@ -10,6 +10,7 @@ from collections.abc import Collection, Sequence
 from typing import Any, Final
 
 from ..exceptions import InvalidArgument
+from ._batch import in_chunks
 from ._runtime import group_by_volume, runtime
 from .connection import Connection
 from .snapshot import Snapshot
@@ -51,5 +52,6 @@ async def prefetch_lists(volumes: Sequence[Volume], wanted: Collection[str]) -> 
         if not todo:
             continue
         groups = group_by_volume(await fetch([v.id for v in todo]))
-        for vol in todo:
-            getattr(vol, f"_{name}").set([cls(r, volume=vol) for r in groups.get(vol.id, ())])
+        async for chunk in in_chunks(todo):
+            for vol in chunk:
+                getattr(vol, f"_{name}").set([cls(r, volume=vol) for r in groups.get(vol.id, ())])

@@ -23,6 +23,7 @@ from ..lazy import Lazy
 from ..persistence.base import PersistenceStore
 from ..records import VolumeRecord
 from ._base import Serializable, check_id, check_size, check_specs, check_text
+from ._batch import build_all
 from ._prefetch import PREFETCHABLE, check_prefetch, prefetch_lists
 from ._runtime import runtime
 from .volume import Volume
@@ -461,7 +462,7 @@ class Backend(Serializable):
 
     async def _load_volumes(self) -> list[Volume]:
         store = runtime.store("Backend.volumes()")
-        return [Volume(rec) for rec in await store.get_volumes(backend_name=self._name)]
+        return await build_all(Volume, await store.get_volumes(backend_name=self._name))
 
     async def refresh(self) -> None:
         """Drop cached lazy properties (:meth:`volumes`); the next await queries again."""
