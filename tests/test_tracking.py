@@ -6,6 +6,7 @@ import asyncio
 import gc
 import weakref
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -236,5 +237,25 @@ async def test_cancelled_first_loader_does_not_poison_the_cache(
         assert len(await second) == 1, "the shared load went on for the other awaiter"
         assert len(await vol.snapshots()) == 1
         assert store.reads["get_snapshots"] == 1
+    finally:
+        await aiocinder.shutdown()
+
+
+async def test_snapshots_are_stamped_when_taken_not_when_asked_for(
+    db_url: str, tmp_path: Path
+) -> None:
+    store = await aiocinder.setup(persistence(db_url))
+    try:
+        backend = await aiocinder.Backend(
+            "files", volume_driver=ScriptedFileDriver, volumes_dir=str(tmp_path / "v")
+        )
+        vol = await backend.create_volume(1)
+        async with store.lock(f"volume:{vol.id}"):  # as another process would hold it
+            asked = asyncio.create_task(vol.create_snapshot(name="waited"))
+            await asyncio.sleep(0.05)
+            released = datetime.now(UTC)
+        snap = await asked
+        assert snap.created_at >= released
+        assert (await vol.snapshots())[0].created_at == snap.created_at
     finally:
         await aiocinder.shutdown()

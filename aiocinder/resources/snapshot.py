@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..drivers.base import VolumeDriver
 from ..exceptions import DriverError, InvalidSnapshot, SnapshotNotFound
 from ..persistence.base import PersistenceStore
-from ..records import SnapshotRecord
+from ..records import SnapshotRecord, utcnow
 from ._base import SNAPSHOT_UPDATABLE, Editable, Field, model_update
 from ._child import VolumeChild
 from ._runtime import runtime
@@ -79,9 +79,13 @@ class Snapshot(VolumeChild[SnapshotRecord]):
         store = runtime.bookkeeping_store()
         backend = self.backend
         volume = self._volume_cache()
-        if volume is not None:  # as reloaded under the volume's lock
-            self._record = self._record.replace(volume_size=volume.record.size)
-        self._record = await store.set_snapshot(self._record)
+        # Both taken under the volume's lock: the size as reloaded there, and the
+        # time, so listing order is the order snapshots were taken in, whichever
+        # process took them.
+        changes: dict[str, Any] = {"created_at": utcnow()}
+        if volume is not None:
+            changes["volume_size"] = volume.record.size
+        self._record = await store.set_snapshot(self._record.replace(**changes))
         if volume is not None:
             volume._cache_add(volume._snapshots, self)
         try:
