@@ -114,8 +114,11 @@ def check_json_mapping(value: object, what: str) -> dict[str, Any]:
 
 
 def readonly(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A read-only view (records are shared; change them through the API)."""
-    return MappingProxyType(dict(mapping))
+    """A read-only view (records are shared; change them through the API).
+
+    No copy is needed: a record's mappings are never changed in place (a
+    change makes a new record), so the view shows what was loaded."""
+    return MappingProxyType(mapping)
 
 
 def volume_lock_key(volume_id: str) -> str:

@@ -2,11 +2,12 @@
 
 When many tasks ask a :class:`Coalescer` for keys at once (an
 ``asyncio.gather`` of ``vol.snapshots()`` over a backend, a task group), the
-first request of a turn of the event loop is fetched at once, by itself, and
-the keys asked for during the rest of that turn are fetched together on the
-next turn, one query per ``max_batch`` keys; each waiter gets its own share.
-A lone request, the sequential case, so costs one query and no extra turn.
-A request for a key already being fetched waits for that fetch.
+first request is fetched at once, by itself, in the caller's task, and the
+keys asked for while that fetch is in flight are fetched together on the
+next turn of the event loop, one query per ``max_batch`` keys; each waiter
+gets its own share. A lone request, the sequential case, so costs one query
+and no extra turn. A request for a key already being fetched waits for that
+fetch.
 """
 
 from __future__ import annotations
@@ -48,15 +49,15 @@ class Coalescer(Generic[K, V]):
         self._flush_scheduled = False
         #: Keys being fetched (alone or in a batch), with the waiters that joined.
         self._in_flight: dict[K, list[asyncio.Future[V]]] = {}
-        #: Whether a request fetched at once during this turn is still in flight.
-        self._turn_taken = False
+        #: Whether a request fetched at once, in its caller's task, is in flight.
+        self._alone_in_flight = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def get(self, key: K) -> V:
         """The value for ``key``, fetched together with other keys asked for now."""
         loop = asyncio.get_running_loop()
         joined = self._in_flight.get(key)
-        if joined is None and not (self._turn_taken or self._pending):
+        if joined is None and not (self._alone_in_flight or self._pending):
             return await self._fetch_alone(loop, key)
         future: asyncio.Future[V] = loop.create_future()
         if joined is not None:
@@ -69,9 +70,8 @@ class Coalescer(Generic[K, V]):
         return await future
 
     async def _fetch_alone(self, loop: asyncio.AbstractEventLoop, key: K) -> V:
-        """Fetch ``key`` in the caller's task: the first request of this turn."""
-        self._turn_taken = True
-        loop.call_soon(self._end_turn)
+        """Fetch ``key`` in the caller's task (nothing else is being fetched so)."""
+        self._alone_in_flight = True
         joined: list[asyncio.Future[V]] = []
         self._in_flight[key] = joined
         try:
@@ -89,14 +89,11 @@ class Coalescer(Generic[K, V]):
             raise
         finally:
             del self._in_flight[key]
-            self._turn_taken = False  # done within its turn: the next one may go alone too
+            self._alone_in_flight = False
         for future in joined:
             if not future.done():
                 future.set_result(value)
         return value
-
-    def _end_turn(self) -> None:
-        self._turn_taken = False
 
     def _flush(self) -> None:
         self._flush_scheduled = False
