@@ -43,7 +43,8 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """The benchmarks: figures printed as ratios against a baseline of the same run.
 
-    Without arguments: everything, at N = 1,000 and 10,000 for the scans, the
+    Without arguments: everything, at N = 1,000 and 10,000 for the scans on
+    SQLite and PostgreSQL (a throwaway server unless AIOCINDER_BENCH_PG_DSN), the
     JSON in benchmarks/results/ and the chart in docs/_static/benchmarks.png.
     Otherwise the arguments go to ``python -m benchmarks`` (``-- --help``).
     cinderlib 5.2 gets a venv of its own, built once in .bench-venvs/cinderlib.
@@ -51,6 +52,7 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[bench]")
     args = session.posargs or [
         "--sizes", "1000", "10000",
+        "--stores", "sqlite", "postgresql",
         "--json", "benchmarks/results/results.json",
         "--chart", "docs/_static/benchmarks.png",
     ]

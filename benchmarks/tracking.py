@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import sqlite3
@@ -175,6 +176,7 @@ async def timed(fn: Callable[[], Awaitable[int]], expected: int, repeat: int
 
     best = float("inf")
     for _ in range(repeat):
+        gc.collect()  # the garbage of the runs before is not this run's pause
         running = True
         task = loop.create_task(monitor())
         await asyncio.sleep(0)  # the monitor's first sample starts before the work
