@@ -4,10 +4,13 @@
 every task that awaits it at the same time (single flight). :class:`Lazy`
 holds the state for one property of one object:
 
-* the load runs in a task of its own, and each awaiter waits on a future of
-  its own that the load resolves directly: an awaiter that is cancelled does
-  not cancel the load the others share, and the result reaches them without
-  extra turns of the event loop;
+* the load runs apart from every awaiter, and each awaiter waits on a future
+  of its own that the load resolves directly: an awaiter that is cancelled
+  does not cancel the load the others share, and the result reaches them
+  without extra turns of the event loop. A load whose fetch is a coroutine
+  runs in a task of its own; a fetch that hands back an
+  :class:`asyncio.Future` (a batched query already under way, say) needs no
+  task: the value is built when that future is done;
 * if the load fails, every awaiter gets the error and nothing is cached: the
   next await loads again;
 * :meth:`Lazy.reset` (what ``refresh()`` calls) forgets the load in flight, so
@@ -18,6 +21,7 @@ holds the state for one property of one object:
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Generic, TypeVar, cast
 
@@ -53,16 +57,26 @@ class _Load(Generic[T]):
 class Lazy(Generic[T]):
     """A value loaded on first await, cached, and shared by concurrent awaiters.
 
-    :param loader: a coroutine function called with the owner passed to
-        :meth:`get` (an unbound method, say). The owner is not stored: a bound
-        method here would make every owner a reference cycle, left for the
-        garbage collector, which costs bulk scans dearly.
+    :param fetch: called with the owner passed to :meth:`get` (an unbound
+        method, say); returns an awaitable of the raw value: a coroutine, or
+        an :class:`asyncio.Future` that is resolved whoever awaits it.
+    :param build: makes the value from the owner and the raw value (without
+        it, the raw value is the value).
+
+    The owner is not stored: a bound method here would make every owner a
+    reference cycle, left for the garbage collector, which costs bulk scans
+    dearly.
     """
 
-    __slots__ = ("_load", "_loader", "_value")
+    __slots__ = ("_build", "_fetch", "_load", "_value")
 
-    def __init__(self, loader: Callable[[Any], Awaitable[T]]) -> None:
-        self._loader = loader
+    def __init__(
+        self,
+        fetch: Callable[[Any], Awaitable[Any]],
+        build: Callable[[Any, Any], T] | None = None,
+    ) -> None:
+        self._fetch = fetch
+        self._build = build
         self._value: T | _Missing = MISSING
         self._load: _Load[T] | None = None
 
@@ -88,9 +102,9 @@ class Lazy(Generic[T]):
     async def get(self, owner: Any) -> T:
         """The cached value, loading it first if needed (one load for all awaiters).
 
-        :param owner: the object the value belongs to, passed to the loader.
+        :param owner: the object the value belongs to, passed to ``fetch`` and ``build``.
 
-        :raises Exception: whatever the loader raised; nothing is cached then.
+        :raises Exception: whatever the fetch or the build raised; nothing is cached then.
         """
         value = self._value
         if value is not MISSING:
@@ -98,37 +112,63 @@ class Lazy(Generic[T]):
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[T] = loop.create_future()
         load = self._load
-        if load is None:
-            load = self._load = _Load(waiter)
-            task = loop.create_task(self._run(load, owner))
+        if load is not None:
+            load.waiters.append(waiter)
+            return await waiter
+        load = self._load = _Load(waiter)
+        try:
+            fetching = self._fetch(owner)
+        except BaseException as exc:
+            self._fail(load, exc)
+            raise
+        if isinstance(fetching, asyncio.Future):
+            fetching.add_done_callback(functools.partial(self._landed, load, owner))
+        else:
+            task = loop.create_task(self._run(load, owner, fetching))
             _running.add(task)
             task.add_done_callback(_running.discard)
-        else:
-            load.waiters.append(waiter)
         return await waiter
 
-    async def _run(self, load: _Load[T], owner: Any) -> None:
+    async def _run(self, load: _Load[T], owner: Any, fetching: Awaitable[Any]) -> None:
         try:
-            value = await self._loader(owner)
+            value = self._value_of(owner, await fetching)
         except BaseException as exc:
-            if self._load is load:
-                self._load = None
-            for waiter in load.waiters:
-                if waiter.done():
-                    continue  # its awaiter was cancelled
-                if isinstance(exc, asyncio.CancelledError):
-                    waiter.cancel()
-                else:
-                    waiter.set_exception(exc)
+            self._fail(load, exc)
             if not isinstance(exc, Exception):
                 raise
             return
+        self._finish(load, value)
+
+    def _landed(self, load: _Load[T], owner: Any, fetched: asyncio.Future[Any]) -> None:
+        try:
+            value = self._value_of(owner, fetched.result())
+        except (Exception, asyncio.CancelledError) as exc:  # fetch or build failed
+            self._fail(load, exc)
+            return
+        self._finish(load, value)
+
+    def _value_of(self, owner: Any, raw: Any) -> T:
+        return cast(T, raw) if self._build is None else self._build(owner, raw)
+
+    def _finish(self, load: _Load[T], value: T) -> None:
         if self._load is load:
             self._value = value
             self._load = None
         for waiter in load.waiters:
             if not waiter.done():
                 waiter.set_result(value)
+
+    def _fail(self, load: _Load[T], exc: BaseException) -> None:
+        """Every awaiter of ``load`` gets ``exc``; nothing is cached."""
+        if self._load is load:
+            self._load = None
+        for waiter in load.waiters:
+            if waiter.done():
+                continue  # its awaiter was cancelled
+            if isinstance(exc, asyncio.CancelledError):
+                waiter.cancel()
+            else:
+                waiter.set_exception(exc)
 
     def __repr__(self) -> str:
         state = "loading" if self._load is not None else repr(self._value)

@@ -205,3 +205,60 @@ async def test_a_failed_fetch_fails_every_waiter_of_the_key() -> None:
             await task
     source.fail = None
     assert await loader.get("a") == "A", "nothing is remembered of a failure"
+
+
+class Batched:
+    """A fetch that hands back a future another party resolves (a batch)."""
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self.fetches = 0
+        self.builds = 0
+
+    def fetch(self) -> asyncio.Future[list[int]]:
+        self.fetches += 1
+        return self.future
+
+    def build(self, raw: list[int]) -> list[str]:
+        self.builds += 1
+        return [str(x) for x in raw]
+
+
+async def test_a_fetch_that_is_a_future_needs_no_task_and_is_built_once() -> None:
+    owner = Batched()
+    lazy = Lazy[list[str]](Batched.fetch, Batched.build)
+    tasks_before = len(asyncio.all_tasks())
+    waiting = [asyncio.create_task(lazy.get(owner)) for _ in range(5)]
+    await asyncio.sleep(0)
+    assert len(asyncio.all_tasks()) == tasks_before + 5, "no load task of its own"
+    owner.future.set_result([1, 2])
+    assert await asyncio.gather(*waiting) == [["1", "2"]] * 5
+    assert (owner.fetches, owner.builds) == (1, 1) and lazy.peek() == ["1", "2"]
+
+
+def build_ints(owner: Batched, raw: list[object]) -> list[str]:
+    return [str(int(x)) for x in raw]  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize("outcome", ["fetch fails", "fetch cancelled", "build fails"])
+async def test_a_failed_future_fetch_or_build_caches_nothing(outcome: str) -> None:
+    owner = Batched()
+    lazy = Lazy[list[str]](Batched.fetch, build_ints)
+    waiting = asyncio.create_task(lazy.get(owner))
+    await asyncio.sleep(0)
+    expected: type[BaseException]
+    if outcome == "fetch fails":
+        owner.future.set_exception(RuntimeError("store down"))
+        expected = RuntimeError
+    elif outcome == "fetch cancelled":
+        owner.future.cancel()
+        expected = asyncio.CancelledError
+    else:
+        owner.future.set_result(["not a number"])  # type: ignore[list-item]
+        expected = ValueError
+    with pytest.raises(expected):
+        await waiting
+    assert not lazy.loaded
+    owner.future = asyncio.get_running_loop().create_future()
+    owner.future.set_result([3])
+    assert await lazy.get(owner) == ["3"], "the next await loads again"

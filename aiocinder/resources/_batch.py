@@ -55,37 +55,42 @@ class Coalescer(Generic[K, V]):
 
     async def get(self, key: K) -> V:
         """The value for ``key``, fetched together with other keys asked for now."""
-        loop = asyncio.get_running_loop()
+        return await self.request(key)
+
+    def request(self, key: K) -> Awaitable[V]:
+        """The value for ``key``, to await: a coroutine that fetches it alone when
+        nothing else is being fetched alone or waiting for a batch (await it
+        at once, or in a task started now), else a future that a batch, or the
+        fetch of ``key`` already under way, resolves whoever awaits it."""
         joined = self._in_flight.get(key)
         if joined is None and not (self._alone_in_flight or self._pending):
-            return await self._fetch_alone(loop, key)
-        future: asyncio.Future[V] = loop.create_future()
+            self._alone_in_flight = True
+            joined = self._in_flight[key] = []
+            return self._fetch_alone(key, joined)
+        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
         if joined is not None:
             joined.append(future)
         else:
             self._pending.setdefault(key, []).append(future)
             if not self._flush_scheduled:
                 self._flush_scheduled = True
-                loop.call_soon(self._flush)
-        return await future
+                asyncio.get_running_loop().call_soon(self._flush)
+        return future
 
-    async def _fetch_alone(self, loop: asyncio.AbstractEventLoop, key: K) -> V:
-        """Fetch ``key`` in the caller's task (nothing else is being fetched so)."""
-        self._alone_in_flight = True
-        joined: list[asyncio.Future[V]] = []
-        self._in_flight[key] = joined
+    async def _fetch_alone(self, key: K, joined: list[asyncio.Future[V]]) -> V:
+        """Fetch ``key`` by itself in the awaiting task; then answer those who joined."""
         try:
             value = await self._fetch_one(key)
         except Exception as exc:
             _fail(joined, exc)
             raise
         except BaseException:
-            # The caller was cancelled: the waiters that joined fetch again.
+            # The awaiting task was cancelled: those who joined fetch again.
             for future in joined:
                 self._pending.setdefault(key, []).append(future)
             if joined and not self._flush_scheduled:
                 self._flush_scheduled = True
-                loop.call_soon(self._flush)
+                asyncio.get_running_loop().call_soon(self._flush)
             raise
         finally:
             del self._in_flight[key]

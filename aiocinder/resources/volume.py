@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -119,8 +119,12 @@ class Volume(Resource[VolumeRecord]):
 
     def __init__(self, record: VolumeRecord) -> None:
         super().__init__(record)
-        self._snapshots: Lazy[list[Snapshot]] = Lazy(Volume._load_snapshots)
-        self._connections: Lazy[list[Connection]] = Lazy(Volume._load_connections)
+        self._snapshots: Lazy[list[Snapshot]] = Lazy(
+            Volume._fetch_snapshots, Volume._build_snapshots
+        )
+        self._connections: Lazy[list[Connection]] = Lazy(
+            Volume._fetch_connections, Volume._build_connections
+        )
         #: Connections this object returned (connect, attach), so a reused
         #: connection comes back as the same object (made on first use: most
         #: volumes of a bulk scan never need it).
@@ -179,16 +183,20 @@ class Volume(Resource[VolumeRecord]):
         self._store("connections")
         return list(await self._connections.get(self))
 
-    async def _load_snapshots(self) -> list[Snapshot]:
+    def _fetch_snapshots(self) -> Awaitable[list[SnapshotRecord]]:
+        return runtime.loaders.snapshots.request(self.id)
+
+    def _build_snapshots(self, records: list[SnapshotRecord]) -> list[Snapshot]:
         from .snapshot import Snapshot
 
-        records = await runtime.loaders.snapshots.get(self.id)
         return [Snapshot(r, volume=self) for r in records]
 
-    async def _load_connections(self) -> list[Connection]:
+    def _fetch_connections(self) -> Awaitable[list[ConnectionRecord]]:
+        return runtime.loaders.connections.request(self.id)
+
+    def _build_connections(self, records: list[ConnectionRecord]) -> list[Connection]:
         from .connection import Connection
 
-        records = await runtime.loaders.connections.get(self.id)
         return [Connection(r, volume=self) for r in records]
 
     def _reset_caches(self) -> None:
