@@ -73,7 +73,7 @@ from ..exceptions import (
     VolumeNotFound,
 )
 from ..records import ConnectionRecord, KeyValue, SnapshotRecord, VolumeRecord, utcnow
-from ._codec import SCHEMA_VERSION, decode, encode
+from ._codec import SCHEMA_VERSION, decode_rows, encode
 from .base import KeyedLocks, PersistenceStore, lock_id
 
 __all__ = ["PostgreSQLStore", "map_postgres_exceptions"]
@@ -277,7 +277,7 @@ class _Table:
     def by_volume_ids_sql(self) -> str:
         column = "id" if self.name == "volumes" else "volume_id"
         return (
-            f"SELECT version, data::text FROM {self.name} WHERE {column} = ANY($1::text[]) "
+            f"SELECT data::text, version FROM {self.name} WHERE {column} = ANY($1::text[]) "
             "ORDER BY created_at, id"
         )
 
@@ -325,9 +325,9 @@ def _select_sql(table: str, filters: tuple[str, ...], page: str | None = None) -
     assert _FILTER_COLUMNS.issuperset(filters)
     conds = [f"{col} = ${i}" for i, col in enumerate(filters, start=1)]
     n = len(filters)
-    columns, limit = "version, data::text", ""
+    columns, limit = "data::text, version", ""
     if page is not None:
-        columns = "version, data::text, created_at, id"
+        columns = "data::text, version, created_at, id"
         if page == "next":
             conds.append(f"(created_at, id) > (${n + 1}, ${n + 2})")
             n += 2
@@ -639,8 +639,7 @@ class PostgreSQLStore(PersistenceStore):
         sql = _select_sql(table.name, tuple(given))
         with map_postgres_exceptions(self._target):
             rows = await pool.fetch(sql, *given.values())
-        cls = table.record
-        return [decode(cls, row[1], row[0]) for row in rows]
+        return await decode_rows(table.record, rows)
 
     async def _select_by_volume_ids(
         self, method: str, table: _Table, volume_ids: Collection[str]
@@ -653,8 +652,7 @@ class PostgreSQLStore(PersistenceStore):
             return []
         with map_postgres_exceptions(self._target):
             rows = await pool.fetch(table.by_volume_ids_sql, ids)
-        cls = table.record
-        return [decode(cls, row[1], row[0]) for row in rows]
+        return await decode_rows(table.record, rows)
 
     async def _set(self, method: str, table: _Table, record: R) -> R:
         pool = self._ready(method)
@@ -747,8 +745,8 @@ class PostgreSQLStore(PersistenceStore):
                 else:
                     sql = _select_sql("volumes", columns, "first")
                     rows = await pool.fetch(sql, *args, batch_size)
-            for row in rows:
-                yield decode(VolumeRecord, row[1], row[0])
+            for record in await decode_rows(VolumeRecord, rows):
+                yield record
             if len(rows) < batch_size:
                 return
 

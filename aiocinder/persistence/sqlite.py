@@ -65,7 +65,7 @@ from ..exceptions import (
     VolumeNotFound,
 )
 from ..records import ConnectionRecord, KeyValue, SnapshotRecord, VolumeRecord, utcnow
-from ._codec import SCHEMA_VERSION, decode, encode
+from ._codec import SCHEMA_VERSION, decode_rows, encode
 from .base import KeyedLocks, PersistenceStore, lock_id
 
 __all__ = ["SQLiteStore", "map_sqlite_exceptions", "parse_sqlite_url"]
@@ -78,6 +78,11 @@ _DUPLICATE_CODES: Final = frozenset(
     {sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAINT_UNIQUE}
 )
 _TABLES: Final = ("volumes", "snapshots", "connections", "key_values")
+#: Ids of a batched read encoded per turn of the event loop.
+_IDS_CHUNK: Final = 2000
+#: Rows a big read fetches per hop to the worker thread (decoded in chunks of
+#: DECODE_CHUNK rows, a turn of the event loop each).
+_PAGE: Final = 256
 
 #: Statements that bring the schema to each version from the one before.
 _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
@@ -237,12 +242,22 @@ def _where(**filters: Any) -> tuple[str, list[Any]]:
     return "WHERE " + " AND ".join(f"{c} = ?" for c in given), list(given.values())
 
 
-def _ids_json(ids: Collection[str], operation: str) -> str:
-    # One JSON array parameter read with json_each(): any number of ids in one
-    # query, never near SQLite's limit on bound parameters.
+async def _ids_json(ids: Collection[str], operation: str) -> str:
+    """The ids as one JSON array, a parameter that ``json_each()`` reads: any
+    number of ids in one query, never near SQLite's limit on bound parameters.
+
+    Encoded :data:`_IDS_CHUNK` ids per turn of the event loop: 10,000 ids
+    take some 2 ms to encode.
+    """
     if isinstance(ids, str):
         raise InvalidArgument(f"{operation} takes a collection of ids, not a str")
-    return json.dumps(list(ids))
+    listed = list(ids)
+    parts: list[str] = []
+    for start in range(0, len(listed), _IDS_CHUNK):
+        if start:
+            await asyncio.sleep(0)
+        parts.append(json.dumps(listed[start : start + _IDS_CHUNK])[1:-1])
+    return f"[{','.join(parts)}]"
 
 
 def _daemonise(conn: aiosqlite.Connection) -> None:
@@ -613,14 +628,51 @@ class SQLiteStore(PersistenceStore):
 
     # -- shared helpers ----------------------------------------------------
 
-    async def _fetch(self, method: str, table: _Table[R], where: str, params: Any) -> list[R]:
+    async def _fetch(
+        self, method: str, table: _Table[R], where: str, params: Any, *, by_id: bool = False
+    ) -> list[R]:
+        """The rows ``where`` selects, in store order, decoded.
+
+        A lookup by id is one ``execute_fetchall``: one hop to the worker
+        thread. Any other read may be big, so it first asks for one row more
+        than a page; most reads are smaller and are done in that one hop. A
+        bigger result is read again, a page at a time (:meth:`_fetch_pages`).
+        """
         conn = self._db(method)
+        sql = f"{table.select} {where} ORDER BY created_at, id"
+        first = sql if by_id else f"{sql} LIMIT {_PAGE + 1:d}"
         with map_sqlite_exceptions(f"SQLiteStore.{method}()"):
-            rows = await conn.execute_fetchall(
-                f"{table.select} {where} ORDER BY created_at, id", params
-            )
-        cls = table.cls
-        return [decode(cls, data, version) for data, version in rows]
+            rows = list(await conn.execute_fetchall(first, params))
+        if len(rows) > _PAGE:
+            return await self._fetch_pages(method, table.cls, sql, params)
+        return await decode_rows(table.cls, rows)
+
+    async def _fetch_pages(self, method: str, cls: type[R], sql: str, params: Any) -> list[R]:
+        """Every row of ``sql``, from one cursor, :data:`_PAGE` rows per hop to
+        the worker thread, each page decoded as it arrives.
+
+        One statement, so one snapshot of what other connections committed
+        (writes of this process, which share the connection, may or may not
+        show in it). The worker thread, which holds the GIL while it builds
+        row tuples, never builds more than a page at once.
+        """
+        with map_sqlite_exceptions(f"SQLiteStore.{method}()"):
+            cursor = await self._db(method).execute(sql, params)
+            done = False
+            try:
+                records: list[R] = []
+                while not done:
+                    rows = list(await cursor.fetchmany(_PAGE))
+                    done = len(rows) < _PAGE  # the cursor released its statement
+                    records += await decode_rows(cls, rows)
+                    if not done:
+                        self._db(method)  # closed meanwhile: UsageError
+                return records
+            finally:
+                if not done:  # stopped midway: end the statement (and its read transaction)
+                    # The connection may be closed already, and its cursors with it.
+                    with contextlib.suppress(ValueError, sqlite3.Error):
+                        await cursor.close()
 
     async def _set(self, method: str, table: _Table[R], record: R) -> R:
         operation = f"SQLiteStore.{method}()"
@@ -669,7 +721,8 @@ class SQLiteStore(PersistenceStore):
         :raises UsageError: the store is not open.
         """
         where, params = _where(id=volume_id, name=volume_name, backend_name=backend_name)
-        return await self._fetch("get_volumes", _VOLUMES, where, params)
+        by_id = volume_id is not None
+        return await self._fetch("get_volumes", _VOLUMES, where, params, by_id=by_id)
 
     async def get_volumes_by_ids(self, volume_ids: Collection[str]) -> list[VolumeRecord]:
         """The volumes with these ids, in one query; missing ids are left out.
@@ -678,7 +731,7 @@ class SQLiteStore(PersistenceStore):
         :raises PersistenceError: SQLite failed.
         :raises UsageError: the store is not open.
         """
-        ids = _ids_json(volume_ids, "SQLiteStore.get_volumes_by_ids()")
+        ids = await _ids_json(volume_ids, "SQLiteStore.get_volumes_by_ids()")
         if not volume_ids:
             self._db("get_volumes_by_ids")
             return []
@@ -731,8 +784,8 @@ class SQLiteStore(PersistenceStore):
                     )
                 else:
                     rows = list(await conn.execute_fetchall(first, (*params, batch_size)))
-            for data, version, _, _ in rows:
-                yield decode(VolumeRecord, data, version)
+            for record in await decode_rows(VolumeRecord, rows):
+                yield record
             if len(rows) < batch_size:
                 return
 
@@ -773,7 +826,8 @@ class SQLiteStore(PersistenceStore):
         where, params = _where(
             id=snapshot_id, name=snapshot_name, volume_id=volume_id, backend_name=backend_name
         )
-        return await self._fetch("get_snapshots", _SNAPSHOTS, where, params)
+        by_id = snapshot_id is not None
+        return await self._fetch("get_snapshots", _SNAPSHOTS, where, params, by_id=by_id)
 
     async def get_snapshots_by_volume_ids(
         self, volume_ids: Collection[str]
@@ -784,7 +838,7 @@ class SQLiteStore(PersistenceStore):
         :raises PersistenceError: SQLite failed.
         :raises UsageError: the store is not open.
         """
-        ids = _ids_json(volume_ids, "SQLiteStore.get_snapshots_by_volume_ids()")
+        ids = await _ids_json(volume_ids, "SQLiteStore.get_snapshots_by_volume_ids()")
         if not volume_ids:
             self._db("get_snapshots_by_volume_ids")
             return []
@@ -824,7 +878,8 @@ class SQLiteStore(PersistenceStore):
         :raises UsageError: the store is not open.
         """
         where, params = _where(id=connection_id, volume_id=volume_id, backend_name=backend_name)
-        return await self._fetch("get_connections", _CONNECTIONS, where, params)
+        by_id = connection_id is not None
+        return await self._fetch("get_connections", _CONNECTIONS, where, params, by_id=by_id)
 
     async def get_connections_by_volume_ids(
         self, volume_ids: Collection[str]
@@ -835,7 +890,7 @@ class SQLiteStore(PersistenceStore):
         :raises PersistenceError: SQLite failed.
         :raises UsageError: the store is not open.
         """
-        ids = _ids_json(volume_ids, "SQLiteStore.get_connections_by_volume_ids()")
+        ids = await _ids_json(volume_ids, "SQLiteStore.get_connections_by_volume_ids()")
         if not volume_ids:
             self._db("get_connections_by_volume_ids")
             return []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from aiocinder.exceptions import (
     UsageError,
     VolumeNotFound,
 )
+from aiocinder.persistence._codec import DECODE_CHUNK
 from aiocinder.persistence.base import PersistenceStore
 from aiocinder.records import ConnectionRecord, KeyValue, SnapshotRecord, VolumeRecord
 
@@ -533,6 +535,129 @@ async def test_get_connections_by_volume_ids(store: PersistenceStore) -> None:
     assert await store.get_connections_by_volume_ids([]) == []
     with pytest.raises(InvalidArgument):
         await store.get_connections_by_volume_ids(v1)
+
+
+# -- big reads: many rows, without holding the event loop -------------------
+
+#: Volumes in the big reads (a couple of dozen chunks of DECODE_CHUNK rows), and
+#: snapshots and connections (a few chunks: they share the code of volumes).
+BIG = 3000
+BIG_CHILDREN = 1000
+
+
+@dataclass
+class Ticker:
+    """A task that counts its own turns of the event loop, and the longest
+    stretch of records decoded between two of its turns (each record class's
+    ``from_stored``, the stores' decoder, is wrapped to count)."""
+
+    ticks: int = 0
+    decoded: int = 0
+    longest_stretch: int = 0
+    _seen: int = 0
+
+    def count(self, build: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def counting(data: Any) -> Any:
+            self.decoded += 1
+            return build(data)
+
+        return counting
+
+    def tick(self) -> None:
+        self.ticks += 1
+        self.longest_stretch = max(self.longest_stretch, self.decoded - self._seen)
+        self._seen = self.decoded
+
+    async def during(self, read: Awaitable[list[Any]]) -> list[Any]:
+        """Await ``read`` with the ticker running beside it (counts reset first)."""
+        self.ticks = self.decoded = self.longest_stretch = self._seen = 0
+
+        async def run() -> None:
+            while True:
+                self.tick()
+                await asyncio.sleep(0)
+
+        task = asyncio.get_running_loop().create_task(run())
+        try:
+            return await read
+        finally:
+            self.tick()  # the stretch since the ticker's last turn; not a turn itself
+            self.ticks -= 1
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@pytest.fixture
+def ticker(monkeypatch: pytest.MonkeyPatch) -> Ticker:
+    counter = Ticker()
+    for cls in (VolumeRecord, SnapshotRecord, ConnectionRecord):
+        monkeypatch.setattr(cls, "from_stored", staticmethod(counter.count(cls.from_stored)))
+    return counter
+
+
+async def store_all(store: PersistenceStore, records: list[Any]) -> list[Any]:
+    """Store ``records`` (50 writes at a time), returned in store order."""
+    setters = {
+        VolumeRecord: store.set_volume,
+        SnapshotRecord: store.set_snapshot,
+        ConnectionRecord: store.set_connection,
+    }
+    stored: list[Any] = []
+    # The loop's debug mode (the suite's default) records a stack for every
+    # future, which makes these thousands of writes four times slower; they
+    # are not what the test is about.
+    loop = asyncio.get_running_loop()
+    debug = loop.get_debug()
+    loop.set_debug(False)
+    try:
+        for start in range(0, len(records), 50):
+            batch = records[start : start + 50]
+            stored += await asyncio.gather(*(setters[type(r)](r) for r in batch))
+    finally:
+        loop.set_debug(debug)
+    return sorted(stored, key=lambda r: (r.created_at, r.id))
+
+
+async def test_big_reads_give_the_event_loop_a_turn_every_chunk(
+    store: PersistenceStore, ticker: Ticker
+) -> None:
+    # Several rows share each timestamp, so pages split inside ties.
+    vols = await store_all(store, [
+        volume(backend_name=("lvm", "ceph")[i % 2], created_at=T0 + timedelta(i % 7))
+        for i in range(BIG)
+    ])  # fmt: skip
+    vol_ids = [v.id for v in vols]
+    five = vol_ids[:5]
+    snaps = await store_all(store, [
+        snapshot(five[i % 5], created_at=T0 + timedelta(i % 3)) for i in range(BIG_CHILDREN)
+    ])  # fmt: skip
+    conns = await store_all(store, [
+        connection(five[i % 5], created_at=T0) for i in range(BIG_CHILDREN)
+    ])  # fmt: skip
+    reads: list[tuple[str, Callable[[], Awaitable[list[Any]]], list[Any]]] = [
+        ("get_volumes()", lambda: store.get_volumes(), vols),
+        ("get_volumes(backend_name)", lambda: store.get_volumes(backend_name="lvm"),
+         [v for v in vols if v.backend_name == "lvm"]),
+        ("get_volumes_by_ids", lambda: store.get_volumes_by_ids(vol_ids), vols),
+        ("iter_volumes()", lambda: collect(store), vols),
+        ("iter_volumes(batch_size=1000)", lambda: collect(store, batch_size=1000), vols),
+        ("get_snapshots()", lambda: store.get_snapshots(), snaps),
+        ("get_snapshots(volume_id)", lambda: store.get_snapshots(volume_id=five[0]),
+         [s for s in snaps if s.volume_id == five[0]]),
+        ("get_snapshots_by_volume_ids", lambda: store.get_snapshots_by_volume_ids(five), snaps),
+        ("get_connections()", lambda: store.get_connections(), conns),
+        ("get_connections_by_volume_ids",
+         lambda: store.get_connections_by_volume_ids(vol_ids), conns),
+    ]  # fmt: skip
+    for name, read, expected in reads:
+        assert await ticker.during(read()) == expected, name
+        if store.name == "memory":  # it returns the records it keeps: nothing to decode
+            assert ticker.decoded == 0, name
+            continue
+        assert ticker.decoded == len(expected), name
+        assert ticker.longest_stretch <= DECODE_CHUNK, name
+        assert ticker.ticks >= len(expected) // DECODE_CHUNK, name
 
 
 # -- key-value store -------------------------------------------------------

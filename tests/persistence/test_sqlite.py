@@ -553,6 +553,59 @@ async def test_cancelled_iteration_leaves_no_transaction(store: SQLiteStore, db:
     await assert_no_transaction_left(store, db)
 
 
+def readers_left(path: Path) -> bool:
+    """Whether a connection still reads an old snapshot of ``path``: a read
+    statement left open. Another connection's checkpoint then cannot finish."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        ((busy, _, _),) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        return bool(busy)
+    finally:
+        conn.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("stop", ["none", "error", "cancel", "close"])
+async def test_a_big_read_ends_its_statement_however_it_stops(
+    store: SQLiteStore, db: Path, monkeypatch: pytest.MonkeyPatch, stop: str
+) -> None:
+    # Three pages of rows: the read goes through a cursor, a page per hop.
+    made = await asyncio.gather(*(store.set_volume(volume(f"v{i:04d}")) for i in range(768)))
+    build = VolumeRecord.from_stored
+    decoded = 0
+    reader: asyncio.Task[list[VolumeRecord]] | None = None
+
+    def stopping(data: Any) -> VolumeRecord:
+        nonlocal decoded
+        decoded += 1
+        if decoded == 300:  # on the second page
+            assert reader is not None
+            if stop == "error":
+                raise RuntimeError("decoding failed")
+            if stop == "cancel":
+                reader.cancel()
+            if stop == "close":
+                asyncio.get_running_loop().create_task(store.close())
+        return build(data)
+
+    monkeypatch.setattr(VolumeRecord, "from_stored", staticmethod(stopping))
+    reader = asyncio.create_task(store.get_volumes())
+    expected: type[BaseException] | None = {
+        "none": None, "error": RuntimeError, "cancel": asyncio.CancelledError, "close": UsageError
+    }[stop]  # fmt: skip
+    if expected is None:
+        assert await reader == sorted(made, key=lambda v: v.id)
+    else:
+        with pytest.raises(expected):
+            await reader
+    if stop == "close":
+        return  # closing the connection ended the statement
+    await store.set_volume(volume("after"))
+    await assert_no_transaction_left(store, db)
+    assert not readers_left(db)
+    assert len(await store.get_volumes()) == 769
+
+
 # -- locks between processes ------------------------------------------------
 
 LOCKER = textwrap.dedent(
