@@ -647,6 +647,17 @@ class SQLiteStore(PersistenceStore):
             return await self._fetch_pages(method, table.cls, sql, params)
         return await decode_rows(table.cls, rows)
 
+    async def _fetch_by_ids(
+        self, method: str, table: _Table[R], column: str, ids: Collection[str]
+    ) -> list[R]:
+        """The rows whose ``column`` (a constant) is one of ``ids``, in one query."""
+        ids_json = await _ids_json(ids, f"SQLiteStore.{method}()")
+        if not ids:
+            self._db(method)
+            return []
+        where = f"WHERE {column} IN (SELECT value FROM json_each(?))"
+        return await self._fetch(method, table, where, (ids_json,))
+
     async def _fetch_pages(self, method: str, cls: type[R], sql: str, params: Any) -> list[R]:
         """Every row of ``sql``, from one cursor, :data:`_PAGE` rows per hop to
         the worker thread, each page decoded as it arrives.
@@ -731,12 +742,7 @@ class SQLiteStore(PersistenceStore):
         :raises PersistenceError: SQLite failed.
         :raises UsageError: the store is not open.
         """
-        ids = await _ids_json(volume_ids, "SQLiteStore.get_volumes_by_ids()")
-        if not volume_ids:
-            self._db("get_volumes_by_ids")
-            return []
-        where = "WHERE id IN (SELECT value FROM json_each(?))"
-        return await self._fetch("get_volumes_by_ids", _VOLUMES, where, (ids,))
+        return await self._fetch_by_ids("get_volumes_by_ids", _VOLUMES, "id", volume_ids)
 
     def iter_volumes(
         self,
@@ -838,12 +844,9 @@ class SQLiteStore(PersistenceStore):
         :raises PersistenceError: SQLite failed.
         :raises UsageError: the store is not open.
         """
-        ids = await _ids_json(volume_ids, "SQLiteStore.get_snapshots_by_volume_ids()")
-        if not volume_ids:
-            self._db("get_snapshots_by_volume_ids")
-            return []
-        where = "WHERE volume_id IN (SELECT value FROM json_each(?))"
-        return await self._fetch("get_snapshots_by_volume_ids", _SNAPSHOTS, where, (ids,))
+        return await self._fetch_by_ids(
+            "get_snapshots_by_volume_ids", _SNAPSHOTS, "volume_id", volume_ids
+        )
 
     async def set_snapshot(self, record: SnapshotRecord) -> SnapshotRecord:
         """Insert or compare-and-swap update the snapshot, as :meth:`set_volume`.
@@ -890,12 +893,9 @@ class SQLiteStore(PersistenceStore):
         :raises PersistenceError: SQLite failed.
         :raises UsageError: the store is not open.
         """
-        ids = await _ids_json(volume_ids, "SQLiteStore.get_connections_by_volume_ids()")
-        if not volume_ids:
-            self._db("get_connections_by_volume_ids")
-            return []
-        where = "WHERE volume_id IN (SELECT value FROM json_each(?))"
-        return await self._fetch("get_connections_by_volume_ids", _CONNECTIONS, where, (ids,))
+        return await self._fetch_by_ids(
+            "get_connections_by_volume_ids", _CONNECTIONS, "volume_id", volume_ids
+        )
 
     async def set_connection(self, record: ConnectionRecord) -> ConnectionRecord:
         """Insert or compare-and-swap update the connection, as :meth:`set_volume`.
