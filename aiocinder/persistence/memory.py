@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import enum
 import heapq
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from operator import attrgetter
+from typing import Any, Generic, TypeVar
 
 import anyio.lowlevel
 
@@ -57,6 +58,56 @@ def _select(records: Iterable[R], filters: dict[str, Any]) -> list[R]:
     return found
 
 
+class _Table(Generic[R]):
+    """Records by id and, for snapshots and connections, by volume id too: a
+    volume's lazy lists are read one volume at a time, and a scan over every
+    record for each would make the tracking loop quadratic.
+
+    :param volume_of: the volume id of a record, for tables indexed by it.
+    """
+
+    __slots__ = ("by_volume", "rows", "volume_of")
+
+    def __init__(self, volume_of: Callable[[R], str] | None = None) -> None:
+        self.rows: dict[str, R] = {}
+        self.volume_of: Callable[[R], str] | None = volume_of
+        self.by_volume: dict[str, dict[str, R]] = {}
+
+    def get(self, record_id: str) -> R | None:
+        return self.rows.get(record_id)
+
+    def put(self, record: R) -> None:
+        self.pop(record.id)
+        self.rows[record.id] = record
+        if self.volume_of is not None:
+            self.by_volume.setdefault(self.volume_of(record), {})[record.id] = record
+
+    def pop(self, record_id: str) -> None:
+        old = self.rows.pop(record_id, None)
+        if old is not None and self.volume_of is not None:
+            volume_id = self.volume_of(old)
+            group = self.by_volume[volume_id]
+            del group[record_id]
+            if not group:
+                del self.by_volume[volume_id]
+
+    def candidates(self, record_id: str | None = None, volume_ids: Iterable[str] | None = None,
+                   ) -> Iterable[R]:
+        """The records that may match (the caller still filters): by id, by
+        volume ids when indexed, else all."""
+        if record_id is not None:
+            found = self.rows.get(record_id)
+            return () if found is None else (found,)
+        if volume_ids is not None and self.volume_of is not None:
+            groups = self.by_volume
+            return [r for v in volume_ids for r in groups.get(v, {}).values()]
+        return self.rows.values()
+
+    def clear(self) -> None:
+        self.rows.clear()
+        self.by_volume.clear()
+
+
 def _filters(**given: Any) -> dict[str, Any]:
     return {k: v for k, v in given.items() if v is not None}
 
@@ -79,9 +130,9 @@ class MemoryStore(PersistenceStore):
 
     def __init__(self) -> None:
         self._state = _State.NEW
-        self._volumes: dict[str, VolumeRecord] = {}
-        self._snapshots: dict[str, SnapshotRecord] = {}
-        self._connections: dict[str, ConnectionRecord] = {}
+        self._volumes: _Table[VolumeRecord] = _Table()
+        self._snapshots: _Table[SnapshotRecord] = _Table(attrgetter("volume_id"))
+        self._connections: _Table[ConnectionRecord] = _Table(attrgetter("volume_id"))
         self._key_values: dict[str, str | None] = {}
 
     # -- lifecycle ---------------------------------------------------------
@@ -116,7 +167,7 @@ class MemoryStore(PersistenceStore):
             when = "after close()" if self._state is _State.CLOSED else "before open()"
             raise UsageError(f"MemoryStore.{method}() called {when}")
 
-    def _write(self, table: dict[str, R], record: R, not_found: type[NotFound], method: str) -> R:
+    def _write(self, table: _Table[R], record: R, not_found: type[NotFound], method: str) -> R:
         self._check(method)
         kind = not_found.__name__.removesuffix("NotFound").lower()
         stored = table.get(record.id)
@@ -136,7 +187,7 @@ class MemoryStore(PersistenceStore):
             )
         else:
             new = record.replace(version=record.version + 1, updated_at=utcnow())
-        table[record.id] = new
+        table.put(new)
         return new
 
     # -- volumes -----------------------------------------------------------
@@ -153,10 +204,7 @@ class MemoryStore(PersistenceStore):
         """
         self._check("get_volumes")
         filters = _filters(name=volume_name, backend_name=backend_name)
-        if volume_id is None:
-            return _select(self._volumes.values(), filters)
-        found = self._volumes.get(volume_id)
-        return _select([] if found is None else [found], filters)
+        return _select(self._volumes.candidates(volume_id), filters)
 
     async def get_volumes_by_ids(self, volume_ids: Collection[str]) -> list[VolumeRecord]:
         """The volumes with these ids; missing ids are left out.
@@ -166,7 +214,7 @@ class MemoryStore(PersistenceStore):
         """
         self._check("get_volumes_by_ids")
         ids = _id_set(volume_ids, "get_volumes_by_ids")
-        return _select((self._volumes[i] for i in ids if i in self._volumes), {})
+        return _select((r for i in ids if (r := self._volumes.get(i)) is not None), {})
 
     def iter_volumes(
         self,
@@ -199,7 +247,7 @@ class MemoryStore(PersistenceStore):
             self._check("iter_volumes")
             candidates = (
                 r
-                for r in self._volumes.values()
+                for r in self._volumes.rows.values()
                 if (after is None or _order_key(r) > after)
                 and all(getattr(r, k) == v for k, v in filters.items())
             )
@@ -228,7 +276,7 @@ class MemoryStore(PersistenceStore):
         :raises UsageError: the store is not open.
         """
         self._check("delete_volume")
-        self._volumes.pop(volume_id, None)
+        self._volumes.pop(volume_id)
 
     # -- snapshots ---------------------------------------------------------
 
@@ -247,7 +295,10 @@ class MemoryStore(PersistenceStore):
         filters = _filters(
             id=snapshot_id, name=snapshot_name, volume_id=volume_id, backend_name=backend_name
         )
-        return _select(self._snapshots.values(), filters)
+        candidates = self._snapshots.candidates(
+            snapshot_id, None if volume_id is None else (volume_id,)
+        )
+        return _select(candidates, filters)
 
     async def get_snapshots_by_volume_ids(
         self, volume_ids: Collection[str]
@@ -259,7 +310,7 @@ class MemoryStore(PersistenceStore):
         """
         self._check("get_snapshots_by_volume_ids")
         ids = _id_set(volume_ids, "get_snapshots_by_volume_ids")
-        return _select((s for s in self._snapshots.values() if s.volume_id in ids), {})
+        return _select(self._snapshots.candidates(volume_ids=ids), {})
 
     async def set_snapshot(self, record: SnapshotRecord) -> SnapshotRecord:
         """Insert or compare-and-swap update the snapshot, as :meth:`set_volume`.
@@ -277,7 +328,7 @@ class MemoryStore(PersistenceStore):
         :raises UsageError: the store is not open.
         """
         self._check("delete_snapshot")
-        self._snapshots.pop(snapshot_id, None)
+        self._snapshots.pop(snapshot_id)
 
     # -- connections -------------------------------------------------------
 
@@ -293,7 +344,10 @@ class MemoryStore(PersistenceStore):
         """
         self._check("get_connections")
         filters = _filters(id=connection_id, volume_id=volume_id, backend_name=backend_name)
-        return _select(self._connections.values(), filters)
+        candidates = self._connections.candidates(
+            connection_id, None if volume_id is None else (volume_id,)
+        )
+        return _select(candidates, filters)
 
     async def get_connections_by_volume_ids(
         self, volume_ids: Collection[str]
@@ -305,7 +359,7 @@ class MemoryStore(PersistenceStore):
         """
         self._check("get_connections_by_volume_ids")
         ids = _id_set(volume_ids, "get_connections_by_volume_ids")
-        return _select((c for c in self._connections.values() if c.volume_id in ids), {})
+        return _select(self._connections.candidates(volume_ids=ids), {})
 
     async def set_connection(self, record: ConnectionRecord) -> ConnectionRecord:
         """Insert or compare-and-swap update the connection, as :meth:`set_volume`.
@@ -323,7 +377,7 @@ class MemoryStore(PersistenceStore):
         :raises UsageError: the store is not open.
         """
         self._check("delete_connection")
-        self._connections.pop(connection_id, None)
+        self._connections.pop(connection_id)
 
     # -- key-value store ---------------------------------------------------
 

@@ -537,6 +537,28 @@ async def test_get_connections_by_volume_ids(store: PersistenceStore) -> None:
         await store.get_connections_by_volume_ids(v1)
 
 
+@pytest.mark.parametrize("kind", ["snapshots", "connections"])
+async def test_lists_by_volume_follow_updates_and_deletes(
+    store: PersistenceStore, kind: str
+) -> None:
+    methods: dict[str, tuple[Any, ...]] = {
+        "snapshots": (snapshot, store.set_snapshot, store.get_snapshots,
+                      store.get_snapshots_by_volume_ids, store.delete_snapshot),
+        "connections": (connection, store.set_connection, store.get_connections,
+                        store.get_connections_by_volume_ids, store.delete_connection),
+    }
+    make, put, get, by_ids, delete = methods[kind]
+    v1, v2 = new_id(), new_id()
+    first = await put(make(v1, created_at=T0))
+    moved = await put(first.replace(volume_id=v2))
+    assert await get(volume_id=v1) == [] and await get(volume_id=v2) == [moved]
+    assert await by_ids([v1, v2]) == [moved]
+    await delete(moved.id)
+    assert await get(volume_id=v2) == [] and await by_ids([v1, v2]) == []
+    again = await put(make(v2, created_at=T0))
+    assert await get(volume_id=v2) == [again]
+
+
 # -- big reads: many rows, without holding the event loop -------------------
 
 #: Volumes in the big reads (a couple of dozen chunks of DECODE_CHUNK rows), and
