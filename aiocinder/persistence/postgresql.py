@@ -31,6 +31,13 @@ Many processes may share one database:
   reset runs ``pg_advisory_unlock_all()`` (or closes the connection when it
   cannot): a holder cancelled at any point, even while the server was
   granting the lock, leaves nothing held.
+* Connections of the main pool go back to it without asyncpg's reset
+  query (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``),
+  which is a second round trip for every statement: nothing run on them
+  leaves session state behind (the migration's lock is transaction-scoped,
+  and nothing sets, listens or keeps a cursor outside a transaction), and a
+  transaction left open is still rolled back by asyncpg on release. The
+  lock pool keeps the full reset, which is what lets its locks go.
 * A connection broken by a server restart or a network failure makes the
   statement on it fail with :class:`~aiocinder.exceptions.PersistenceError`;
   the pools open new connections for the next statements, so the store
@@ -391,6 +398,10 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+async def _keep_session(conn: Any) -> None:
+    """The main pool's reset: nothing beyond the rollback asyncpg always does."""
+
+
 class PostgreSQLStore(PersistenceStore):
     """Records in a PostgreSQL database, through an asyncpg connection pool.
 
@@ -481,6 +492,7 @@ class PostgreSQLStore(PersistenceStore):
                     command_timeout=self._command_timeout,
                     timeout=self._connect_timeout,
                     server_settings={"application_name": "aiocinder", "jit": "off"},
+                    reset=_keep_session,
                 )
             try:
                 with map_postgres_exceptions(self._target):

@@ -983,3 +983,22 @@ def test_the_mapping_lets_these_through(passing: BaseException) -> None:
     with pytest.raises(type(passing)) as info, map_postgres_exceptions():
         raise passing
     assert info.value is passing
+
+
+@pytest.mark.asyncio
+async def test_main_pool_statements_take_one_round_trip(pg_dsn: str) -> None:
+    """The main pool skips asyncpg's reset query on release (a second round trip
+    per statement); the lock pool keeps it, which is what lets its locks go."""
+    async with PostgreSQLStore(pg_dsn, min_size=1, max_size=1) as store:
+        sent: list[str] = []
+        async with store._pool.acquire() as conn:  # the pool's one connection
+            conn.add_query_logger(lambda record: sent.append(record.query))
+        await store.set_volume(VolumeRecord(id="v1", backend_name="lvm", size=1))
+        for _ in range(3):
+            assert [v.id for v in await store.get_volumes()] == ["v1"]
+        assert len(sent) == 4, sent
+        assert not [q for q in sent if "RESET ALL" in q or "unlock_all" in q]
+        async with store.lock("volume:v1"):
+            pass
+        async with store.lock("volume:v1"):  # let go, so it can be taken again
+            pass
