@@ -33,7 +33,6 @@ import gc
 import json
 import os
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
@@ -45,6 +44,8 @@ from typing import Any
 import aiocinder
 from aiocinder.persistence.base import PersistenceStore
 from aiocinder.records import ConnectionRecord, SnapshotRecord, VolumeRecord
+
+from ._common import LagMonitor, lag_of
 
 BACKEND = "bench"
 #: The stores the scan can run on, and their names in the tables.
@@ -165,33 +166,16 @@ async def timed(fn: Callable[[], Awaitable[int]], expected: int, repeat: int
                 ) -> tuple[float, list[float]]:
     """Best of ``repeat`` runs, and the loop lag samples taken meanwhile."""
     lags: list[float] = []
-    loop = asyncio.get_running_loop()
-    running = True
-
-    async def monitor() -> None:
-        while running:
-            start = loop.time()
-            await asyncio.sleep(0.001)
-            lags.append(max(0.0, loop.time() - start - 0.001))
-
     best = float("inf")
     for _ in range(repeat):
         gc.collect()  # the garbage of the runs before is not this run's pause
-        running = True
-        task = loop.create_task(monitor())
-        await asyncio.sleep(0)  # the monitor's first sample starts before the work
-        start = time.perf_counter()
-        got = await fn()
-        best = min(best, time.perf_counter() - start)
-        running = False
-        await task  # its last sample may hold the work's last stall
+        async with LagMonitor() as monitor:
+            start = time.perf_counter()
+            got = await fn()
+            best = min(best, time.perf_counter() - start)
+        lags += monitor.samples
         assert got == expected, (got, expected)
     return best, lags
-
-
-def _p99(samples: list[float]) -> float:
-    return (statistics.quantiles(samples, n=100, method="inclusive")[98]
-            if len(samples) > 1 else max(samples or [0]))
 
 
 async def run(n: int, repeat: int = 3, store: str = "sqlite") -> list[Result]:
@@ -223,7 +207,8 @@ async def _measure(n: int, repeat: int, tmp: Path, config: dict[str, Any]) -> li
             ("prefetched scan", lambda: prefetched_scan(backend), 3 * n),
         ):
             seconds, lags = await timed(fn, expected, repeat)
-            results.append(Result(name, seconds, _p99(lags), max(lags, default=0)))
+            lag = lag_of(lags)
+            results.append(Result(name, seconds, lag.p99, lag.max))
         if config["storage"] == "postgresql":
             best = await _time_pg_floor(config["connection"], 4 * n, repeat)
         else:
