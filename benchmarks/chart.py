@@ -107,13 +107,16 @@ def _drivers(ax: Any, rows: list[dict[str, Any]]) -> None:
 
 
 def _lag(ax: Any, rows: Sequence[dict[str, Any]]) -> None:
-    title = "Event-loop lag while it runs"
+    title = "Event-loop lag while it runs (tracking scans at the largest N)"
+    largest = max((r["n"] for r in rows if r["benchmark"] == "tracking"), default=0)
     measured = [r for r in rows if "lag_p99_ms" in r and r["benchmark"] != "target"
-                and not r["name"].startswith(("floor", "cinderlib "))]
+                and not r["name"].startswith(("floor", "cinderlib "))
+                and (r["benchmark"] != "tracking" or r["n"] == largest)]
     if not measured:
         return _not_run(ax, title)
-    labels = [f"{r['benchmark']}: {r['name'].removeprefix('aiocinder ')}"
-              + (f"\nN={r['n']:,}" if "n" in r else "") for r in measured]
+    labels = [(f"{r.get('store', '')} " if r["benchmark"] == "tracking" else
+               f"{r['benchmark']}: ") + r["name"].removeprefix("aiocinder ")
+              + (f", N={r['n']:,}" if "n" in r else "") for r in measured]
     xs = range(len(measured))
     for offset, key, color, label in ((-0.27, "lag_p50_ms", "#9cc3e4", "p50"),
                                       (0.0, "lag_p99_ms", AIOCINDER, "p99"),
