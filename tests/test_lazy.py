@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-from aiocinder.lazy import MISSING, Lazy
+from aiocinder.lazy import HITS_PER_TURN, MISSING, Lazy
 from aiocinder.resources._batch import Coalescer
 
 pytestmark = pytest.mark.asyncio
@@ -262,3 +262,25 @@ async def test_a_failed_future_fetch_or_build_caches_nothing(outcome: str) -> No
     owner.future = asyncio.get_running_loop().create_future()
     owner.future.set_result([3])
     assert await lazy.get(owner) == ["3"], "the next await loads again"
+
+
+async def test_a_walk_over_cached_values_gives_the_loop_turns() -> None:
+    owner, lazy = Owner(), Lazy[list[int]](Owner.load)
+    owner.gate.set()
+    await lazy.get(owner)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    ticks = 0
+    for _ in range(10 * HITS_PER_TURN):
+        assert await lazy.get(owner) == [1]  # answered from the cache...
+    task.cancel()
+    assert owner.loads == 1
+    assert ticks >= 9, "...and yet the loop ran other tasks meanwhile"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING, TypeVar
 
-from ..lazy import Lazy
+from ..lazy import Lazy, cache_hit
 from ..records import ConnectionRecord, SnapshotRecord
 from ._base import Resource
 
@@ -44,6 +44,7 @@ class VolumeChild(Resource[C]):
         self._store("volume")
         parent = self._parent() if self._parent is not None else None
         if parent is not None:
+            await cache_hit()
             return parent
         if self._volume is None:
             self._volume = Lazy(VolumeChild._load_volume)
