@@ -142,7 +142,6 @@ def _fail(futures: list[asyncio.Future[V]], exc: BaseException) -> None:
             future.exception()  # retrieved: a cancelled waiter cannot
 
 
-
 #: Items handled per turn of the event loop when thousands are handled at once.
 BUILD_CHUNK = 256
 
