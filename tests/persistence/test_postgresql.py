@@ -1002,3 +1002,20 @@ async def test_main_pool_statements_take_one_round_trip(pg_dsn: str) -> None:
             pass
         async with store.lock("volume:v1"):  # let go, so it can be taken again
             pass
+
+
+@pytest.mark.asyncio
+async def test_sessions_let_the_server_drop_a_vanished_host_within_a_minute(
+    pg_dsn: str,
+) -> None:
+    """Both pools ask the server for TCP keepalives, so the session advisory
+    locks of a host that vanished are freed in about a minute, not hours."""
+    if "127.0.0.1" not in pg_dsn and "localhost" not in pg_dsn:
+        pytest.skip("keepalive settings only read back over TCP")
+    async with PostgreSQLStore(pg_dsn, min_size=1, max_size=1) as store:
+        lock_pool = await store._locks_pool()
+        for pool in (store._pool, lock_pool):
+            async with pool.acquire() as conn:
+                shown = [await conn.fetchval(f"SHOW tcp_keepalives_{name}")
+                         for name in ("idle", "interval", "count")]
+            assert shown == ["30", "10", "3"], shown
