@@ -223,7 +223,9 @@ class FakeArrayDriver(driver.VolumeDriver):
     # -- exports and connections --------------------------------------------------------
 
     def ensure_export(self, context: Any, volume: objects.Volume) -> None:
-        pass
+        """The array keeps its exports across restarts: only check the LUN is there."""
+        if volume.name not in self._array.luns:
+            raise ArrayError(data=f"no LUN {volume.name} to export")
 
     def create_export(self, context: Any, volume: objects.Volume,
                       connector: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ and closes it afterwards.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -66,3 +67,13 @@ async def pg_dsn(pg_server: pgserver.PostgresServer) -> AsyncIterator[str]:
     """The DSN of a new, empty database, dropped after the test."""
     async with pg_server.database() as dsn:
         yield dsn
+
+
+async def take_lock(store: PersistenceStore, key: str, *, within: float | None = None) -> bool:
+    """Take ``key``'s lock and let it go at once: True when that happened, False
+    when it took longer than ``within`` seconds (no limit with None)."""
+    try:
+        async with asyncio.timeout(within), store.lock(key):
+            return True
+    except TimeoutError:
+        return False

@@ -26,6 +26,8 @@ from aiocinder.persistence._codec import DECODE_CHUNK
 from aiocinder.persistence.base import PersistenceStore
 from aiocinder.records import ConnectionRecord, KeyValue, SnapshotRecord, VolumeRecord
 
+from .conftest import take_lock
+
 pytestmark = pytest.mark.asyncio
 
 T0 = datetime(2024, 5, 17, 12, 0, tzinfo=UTC)
@@ -729,13 +731,11 @@ async def test_a_lock_admits_one_task_at_a_time(store: PersistenceStore) -> None
 
 
 async def test_locks_on_other_keys_do_not_wait(store: PersistenceStore) -> None:
-    async with (
-        store.lock("volume:a"),
-        asyncio.timeout(10),
-        store.lock("volume:b"),
-        store.lock(HOSTILE),
-    ):
-        pass
+    async with store.lock("volume:a"):
+        assert not await take_lock(store, "volume:a", within=0.2), "held: must wait"
+        assert await take_lock(store, "volume:b", within=10)
+        assert await take_lock(store, HOSTILE, within=10)
+    assert await take_lock(store, "volume:a", within=10)
 
 
 async def test_a_cancelled_waiter_leaves_the_lock_free(store: PersistenceStore) -> None:
@@ -759,16 +759,14 @@ async def test_a_cancelled_waiter_leaves_the_lock_free(store: PersistenceStore) 
         await waiting
     release.set()
     await holding
-    async with asyncio.timeout(10), store.lock("volume:a"):
-        pass
+    assert await take_lock(store, "volume:a", within=10)
 
 
 async def test_a_lock_is_let_go_when_its_block_raises(store: PersistenceStore) -> None:
     with pytest.raises(KeyError):
         async with store.lock("volume:a"):
             raise KeyError("boom")
-    async with asyncio.timeout(10), store.lock("volume:a"):
-        pass
+    assert await take_lock(store, "volume:a", within=10)
 
 
 async def test_a_lock_key_must_be_a_str(store: PersistenceStore) -> None:
@@ -801,13 +799,8 @@ CALLS: list[Callable[[PersistenceStore], Awaitable[Any]]] = [
     lambda s: s.get_key_values(),
     lambda s: s.set_key_value(KeyValue("k", "v")),
     lambda s: s.delete_key_value("k"),
-    lambda s: _enter_lock(s),
+    lambda s: take_lock(s, "k"),
 ]
-
-
-async def _enter_lock(store: PersistenceStore) -> None:
-    async with store.lock("k"):
-        pass
 
 
 async def test_use_after_close_raises_usage_error_naming_the_method(

@@ -34,6 +34,8 @@ from aiocinder.persistence._codec import SCHEMA_VERSION
 from aiocinder.persistence.sqlite import SQLiteStore, map_sqlite_exceptions, parse_sqlite_url
 from aiocinder.records import ConnectionRecord, KeyValue, SnapshotRecord, VolumeRecord
 
+from .conftest import take_lock
+
 REPO = Path(aiocinder.__file__).parent.parent
 
 
@@ -101,8 +103,8 @@ async def test_new_file_is_private(db: Path) -> None:
 async def test_existing_file_keeps_its_mode(db: Path) -> None:
     db.touch(mode=0o640)
     db.chmod(0o640)
-    async with SQLiteStore(url(db)):
-        pass
+    async with SQLiteStore(url(db)) as store:
+        assert await store.get_volumes() == []
     assert stat.S_IMODE(db.stat().st_mode) == 0o640
 
 
@@ -670,8 +672,7 @@ async def test_the_lock_file_is_private_and_beside_the_database(
 ) -> None:
     lock_file = db.parent / f"{db.name}.locks"
     assert not lock_file.exists()  # made on first use only
-    async with store.lock("volume:a"):
-        pass
+    assert await take_lock(store, "volume:a")
     assert stat.S_IMODE(lock_file.stat().st_mode) == 0o600
     assert lock_file.stat().st_size == 0  # byte-range locks need no data
 
@@ -687,14 +688,13 @@ async def test_a_lock_excludes_another_process(store: SQLiteStore, db: Path) -> 
 @pytest.mark.asyncio
 async def test_another_process_holding_a_lock_makes_us_wait(store: SQLiteStore, db: Path) -> None:
     async with _held_in_child(db, "volume:a") as holder:
-        waiting = asyncio.create_task(_enter_and_leave(store, "volume:a"))
+        waiting = asyncio.create_task(take_lock(store, "volume:a", within=10))
         await asyncio.sleep(0.3)
         assert not waiting.done()
-        async with asyncio.timeout(10), store.lock("volume:b"):
-            pass
+        assert await take_lock(store, "volume:b", within=10)
         assert holder.stdin is not None
         holder.stdin.write(b"release\n")
-        await asyncio.wait_for(waiting, 10)
+        assert await waiting
         assert await asyncio.wait_for(holder.wait(), 30) == 0
 
 
@@ -703,13 +703,7 @@ async def test_a_lock_dies_with_its_process(store: SQLiteStore, db: Path) -> Non
     async with _held_in_child(db, "volume:a") as holder:
         holder.kill()  # SIGKILL: no cleanup runs, the kernel lets the lock go
         await holder.wait()
-        async with asyncio.timeout(10), store.lock("volume:a"):
-            pass
-
-
-async def _enter_and_leave(store: SQLiteStore, key: str) -> None:
-    async with store.lock(key):
-        pass
+        assert await take_lock(store, "volume:a", within=10)
 
 
 @pytest.mark.asyncio
@@ -721,7 +715,7 @@ async def test_stores_of_one_process_share_the_lock_file(db: Path) -> None:
         await second.open()
         async with first.lock("volume:a"):
             # The second store of this process waits for the first...
-            waiting = asyncio.create_task(_enter_and_leave(second, "volume:a"))
+            waiting = asyncio.create_task(take_lock(second, "volume:a"))
             await asyncio.sleep(0.1)
             assert not waiting.done()
             waiting.cancel()
@@ -744,10 +738,10 @@ async def test_an_in_memory_database_locks_tasks_and_makes_no_file(
     monkeypatch.chdir(tmp_path)
     async with SQLiteStore("sqlite://") as store:
         async with store.lock("volume:a"):
-            waiting = asyncio.create_task(_enter_and_leave(store, "volume:a"))
+            waiting = asyncio.create_task(take_lock(store, "volume:a", within=10))
             await asyncio.sleep(0.05)
             assert not waiting.done()
-        await asyncio.wait_for(waiting, 10)
+        assert await waiting
     assert list(tmp_path.iterdir()) == []
 
 
@@ -755,8 +749,7 @@ async def test_an_in_memory_database_locks_tasks_and_makes_no_file(
 async def test_an_unusable_lock_file_is_a_persistence_error(store: SQLiteStore, db: Path) -> None:
     (db.parent / f"{db.name}.locks").mkdir()  # a directory cannot be opened for writing
     with pytest.raises(PersistenceError, match="lock file"):
-        async with store.lock("volume:a"):
-            pass
+        await take_lock(store, "volume:a")
 
 
 def test_a_program_that_fails_before_shutdown_still_exits(tmp_path: Path) -> None:
