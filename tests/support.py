@@ -183,3 +183,27 @@ class LagMonitor:
         if len(self.samples) < 2:
             return self.worst
         return statistics.quantiles(self.samples, n=100)[98]
+
+
+class Ticker:
+    """Counts the turns of the event loop another task gets while some work runs:
+    ``async with Ticker() as ticker: ...`` then ``ticker.turns``."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        while True:
+            self.turns += 1
+            await asyncio.sleep(0)
+
+    async def __aenter__(self) -> Ticker:
+        self._task = asyncio.get_running_loop().create_task(self._tick())
+        await asyncio.sleep(0)  # its first turn is not the work's
+        self.turns = 0
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._task is not None
+        self._task.cancel()

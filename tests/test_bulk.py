@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from support import CountingSQLiteStore, ScriptedFileDriver
+from support import CountingSQLiteStore, ScriptedFileDriver, Ticker
 
 import aiocinder
 from aiocinder.records import SnapshotRecord, VolumeRecord
@@ -141,22 +141,11 @@ async def test_building_thousands_of_objects_gives_the_loop_turns(tmp_path: Path
             await store.set_volume(VolumeRecord(id=f"v{i:05d}", backend_name="files", size=1))
             await store.set_snapshot(SnapshotRecord(
                 id=f"s{i:05d}", volume_id=f"v{i:05d}", backend_name="files", volume_size=1))
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0)
-
-        task = asyncio.create_task(ticker())
-        await asyncio.sleep(0)
-        ticks = 0
-        volumes = await backend.volumes(prefetch=("snapshots",))
-        task.cancel()
+        async with Ticker() as ticker:
+            volumes = await backend.volumes(prefetch=("snapshots",))
         assert len(volumes) == count
         assert [len(await v.snapshots()) for v in volumes] == [1] * count
         # 1,500 volumes and 1,500 snapshot lists, 256 per turn: 5 turns each way at least
-        assert ticks >= 10, ticks
+        assert ticker.turns >= 10, ticker.turns
     finally:
         await aiocinder.shutdown()

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 
 import pytest
+from support import Ticker
 
 from aiocinder.lazy import HITS_PER_TURN, MISSING, Lazy
 from aiocinder.resources._batch import Coalescer
@@ -268,19 +269,8 @@ async def test_a_walk_over_cached_values_gives_the_loop_turns() -> None:
     owner, lazy = Owner(), Lazy[list[int]](Owner.load)
     owner.gate.set()
     await lazy.get(owner)
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    task = asyncio.create_task(ticker())
-    await asyncio.sleep(0)
-    ticks = 0
-    for _ in range(10 * HITS_PER_TURN):
-        assert await lazy.get(owner) == [1]  # answered from the cache...
-    task.cancel()
+    async with Ticker() as ticker:
+        for _ in range(10 * HITS_PER_TURN):
+            assert await lazy.get(owner) == [1]  # answered from the cache...
     assert owner.loads == 1
-    assert ticks >= 9, "...and yet the loop ran other tasks meanwhile"
+    assert ticker.turns >= 9, "...and yet the loop ran other tasks meanwhile"
